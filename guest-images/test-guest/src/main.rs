@@ -1,0 +1,99 @@
+//! The launcher's test guest: a freestanding x86-64 "vmlinux" that the
+//! launcher boots like Linux (64-bit boot protocol, ELF at 1 MiB).
+//!
+//! [`boot`] does the ring-0 bring-up in a few hundred instructions of
+//! assembly, then drops to ring 3 (IOPL=3, IF=0) where everything else runs
+//! natively: [`user_main`] reads the command line ([`cmdline`]) and runs a
+//! [`scenarios`] entry, which talks to devices by port I/O ([`port`]),
+//! prints on COM1 ([`serial`]) and ends by powering off ([`power`]).
+//!
+//! Build: `cargo build --release` here (flags in .cargo/config.toml and
+//! build.rs, layout in link.ld); tests use tests/common/test_guest.rs.
+
+#![no_std]
+#![no_main]
+
+pub mod boot;
+pub mod cmdline;
+pub mod mem;
+pub mod port;
+pub mod power;
+pub mod scenarios;
+pub mod serial;
+
+use core::panic::PanicInfo;
+
+/// Ring-3 entry, called by `_start` (via `iretq`) with the zero page
+/// address the launcher passed in RSI.
+pub extern "C" fn user_main(zero_page: u64) -> ! {
+    // SAFETY: `zero_page` is what the launcher passed; nothing writes the
+    // command line after boot.
+    let cmdline = unsafe { cmdline::Cmdline::from_zero_page(zero_page) };
+    scenarios::run(&cmdline)
+}
+
+/// Ring-3 exception report, entered from the exception stubs in [`boot`]
+/// on a stack of its own. `error` is 0 for vectors without an error code.
+pub extern "C" fn exception_report(vector: u64, error: u64, rip: u64, cs: u64, cr2: u64) -> ! {
+    print!(
+        "GUEST-PANIC exception {vector} ({}) rip={rip:#x} cs={cs:#x} ring={}",
+        exception_name(vector),
+        cs & 3
+    );
+    if has_error_code(vector) {
+        print!(" error={error:#x}");
+    }
+    if vector == 14 {
+        print!(" cr2={cr2:#x}");
+    }
+    println!();
+    power::poweroff()
+}
+
+/// Vectors for which the CPU pushes an error code.
+pub fn has_error_code(vector: u64) -> bool {
+    matches!(vector, 8 | 10..=14 | 17 | 21 | 29 | 30)
+}
+
+fn exception_name(vector: u64) -> &'static str {
+    const NAMES: [&str; 22] = [
+        "#DE",
+        "#DB",
+        "NMI",
+        "#BP",
+        "#OF",
+        "#BR",
+        "#UD",
+        "#NM",
+        "#DF",
+        "coprocessor overrun",
+        "#TS",
+        "#NP",
+        "#SS",
+        "#GP",
+        "#PF",
+        "reserved",
+        "#MF",
+        "#AC",
+        "#MC",
+        "#XM",
+        "#VE",
+        "#CP",
+    ];
+    NAMES.get(vector as usize).copied().unwrap_or("reserved")
+}
+
+#[panic_handler]
+fn panic(info: &PanicInfo) -> ! {
+    print!("GUEST-PANIC {}", info.message());
+    if let Some(loc) = info.location() {
+        print!(" at {}:{}", loc.file(), loc.line());
+    }
+    println!();
+    power::poweroff()
+}
+
+/// Never called (panic = "abort"), but the prebuilt `core` of this hosted
+/// target still refers to it from unoptimised builds.
+#[no_mangle]
+extern "C" fn rust_eh_personality() {}

@@ -1,0 +1,103 @@
+//! What the guest does, chosen by `scenario=NAME` on the command line
+//! (default `hello`). Everything here runs in ring 3 at native speed.
+//!
+//! Output protocol (one line each, on COM1): `GUEST-TEST-START` first,
+//! `GUEST-TEST-END` when a scenario finished normally, `GUEST-PANIC ...`
+//! when it did not. To add a scenario, write a `fn(&Cmdline) -> !` and list
+//! it in [`SCENARIOS`].
+
+use crate::cmdline::Cmdline;
+use crate::power;
+use crate::println;
+
+/// A scenario never returns: it powers off, reboots or panics.
+pub type Scenario = fn(&Cmdline) -> !;
+
+pub const DEFAULT: &str = "hello";
+
+pub const SCENARIOS: &[(&str, Scenario)] = &[
+    ("hello", hello),
+    ("reboot", reboot),
+    ("fault", fault),
+    ("panic", panic),
+    ("pio-bench", pio_bench),
+];
+
+/// Runs the scenario the command line names.
+pub fn run(cmdline: &Cmdline) -> ! {
+    let name = cmdline.get("scenario").unwrap_or(DEFAULT);
+    match SCENARIOS.iter().find(|(n, _)| *n == name) {
+        Some((_, f)) => f(cmdline),
+        None => panic!("unknown scenario {name:?}"),
+    }
+}
+
+/// Ends a scenario that succeeded.
+pub fn finish() -> ! {
+    println!("GUEST-TEST-END");
+    power::poweroff()
+}
+
+/// The current privilege level (CS bits 1:0).
+pub fn current_ring() -> u16 {
+    let cs: u16;
+    // SAFETY: reading CS has no side effects.
+    unsafe {
+        core::arch::asm!("mov {0:x}, cs", out(reg) cs, options(nomem, nostack, preserves_flags))
+    };
+    cs & 3
+}
+
+/// Prints the ring and the command line, then powers off.
+fn hello(cmdline: &Cmdline) -> ! {
+    println!("GUEST-TEST-START");
+    println!("GUEST-RING {}", current_ring());
+    println!("GUEST-CMDLINE {}", cmdline.as_str());
+    finish()
+}
+
+/// Reboots through the i8042.
+fn reboot(_: &Cmdline) -> ! {
+    println!("GUEST-TEST-START");
+    power::reboot()
+}
+
+/// `ud2` in ring 3: the exception path must report vector 6.
+fn fault(_: &Cmdline) -> ! {
+    println!("GUEST-TEST-START");
+    // SAFETY: deliberately raises #UD; the handler never returns here.
+    unsafe { core::arch::asm!("ud2", options(noreturn)) }
+}
+
+/// A Rust panic: the panic handler must report it.
+fn panic(_: &Cmdline) -> ! {
+    println!("GUEST-TEST-START");
+    panic!("requested")
+}
+
+/// `count=N` (default 10000) reads of the COM1 line-status register, timed
+/// with the TSC: the cost of one port-I/O exit from ring 3.
+fn pio_bench(cmdline: &Cmdline) -> ! {
+    println!("GUEST-TEST-START");
+    let count = cmdline.get_u64("count").unwrap_or(10_000);
+    let start = rdtsc();
+    for _ in 0..count {
+        core::hint::black_box(crate::port::inb(crate::serial::COM1 + 5));
+    }
+    let cycles = rdtsc() - start;
+    println!(
+        "GUEST-PIO-BENCH count={count} tsc={cycles} tsc_per_access={}",
+        cycles / count.max(1)
+    );
+    finish()
+}
+
+/// The time-stamp counter (allowed in ring 3: CR4.TSD is clear).
+pub fn rdtsc() -> u64 {
+    let (lo, hi): (u32, u32);
+    // SAFETY: rdtsc only reads the counter.
+    unsafe {
+        core::arch::asm!("rdtsc", out("eax") lo, out("edx") hi, options(nomem, nostack, preserves_flags))
+    };
+    (u64::from(hi) << 32) | u64::from(lo)
+}

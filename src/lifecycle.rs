@@ -1,0 +1,176 @@
+//! How a run ends: exit codes, signals, and reboot by re-exec.
+//!
+//! The main thread waits for the first [`VmRequest`] that ends the run
+//! (from a device, a vCPU, the terminal or a signal) and hands it to
+//! [`finish`]. A reboot is lguest's trick: rather than reset every device,
+//! the launcher executes itself again with its original arguments, so the
+//! second boot starts from exactly the state the first one did. Every
+//! descriptor above stderr is marked close-on-exec first and `execve`
+//! ends every other thread, so nothing leaks from one boot to the next.
+
+use std::ffi::{CString, OsString};
+use std::os::unix::ffi::OsStrExt;
+
+use devices::VmRequest;
+
+use crate::terminal;
+
+/// Exit codes, as documented in README.md and `launcher --help`.
+pub mod code {
+    /// The guest powered itself off.
+    pub const POWEROFF: i32 = 0;
+    /// Bad input (arguments, files) or a host-side failure (KVM, memory).
+    pub const LAUNCHER_ERROR: i32 = 1;
+    /// The command line could not be parsed (clap's own code).
+    pub const USAGE: i32 = 2;
+    /// A guest driver broke the virtio specification (strict checking).
+    pub const BAD_DRIVER: i32 = 3;
+    /// The guest did something the launcher cannot continue from.
+    pub const GUEST_CRASH: i32 = 4;
+    /// Stopped by signal N: 128 + N (the console escape counts as SIGINT).
+    pub const SIGNAL_BASE: i32 = 128;
+}
+
+/// Environment variable counting boots across re-execs, so the second boot
+/// can say which it is and tests can tell boots apart.
+pub const BOOT_COUNT_VAR: &str = "LAUNCHER_BOOT_COUNT";
+
+/// The boot number of this process (1 for the first).
+pub fn boot_number() -> u32 {
+    std::env::var(BOOT_COUNT_VAR)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1)
+}
+
+/// Blocks the signals the launcher handles itself, in this thread and every
+/// thread spawned after it; [`spawn_signal_thread`] then receives them.
+/// Must run before any other thread exists.
+pub fn block_signals() -> libc::sigset_t {
+    // SAFETY: sigset_t is plain data; sigemptyset/sigaddset initialise it
+    // and pthread_sigmask only changes this thread's mask.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for s in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP, libc::SIGQUIT] {
+            libc::sigaddset(&mut set, s);
+        }
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        set
+    }
+}
+
+/// Turns handled signals into requests: SIGHUP asks for a reboot, the
+/// others stop the guest at once.
+pub fn spawn_signal_thread(set: libc::sigset_t, control: devices::VmControl) {
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || loop {
+            let mut sig: libc::c_int = 0;
+            // SAFETY: `set` is an initialised sigset and `sig` a valid out pointer.
+            if unsafe { libc::sigwait(&set, &mut sig) } != 0 {
+                continue;
+            }
+            if sig == libc::SIGHUP {
+                control.request(VmRequest::Reboot {
+                    reason: "SIGHUP".into(),
+                });
+            } else {
+                control.request(VmRequest::Signal(sig));
+            }
+        })
+        .map(|_| ())
+        .unwrap_or_else(|e| log::warn!("no signal thread, signals will kill the launcher: {e}"));
+}
+
+/// The exit code for a request that ends the run, or `None` for a reboot.
+pub fn exit_code(req: &VmRequest) -> Option<i32> {
+    match req {
+        VmRequest::Poweroff => Some(code::POWEROFF),
+        VmRequest::Reboot { .. } => None,
+        VmRequest::Signal(sig) => Some(code::SIGNAL_BASE + sig),
+        VmRequest::Escape => Some(code::SIGNAL_BASE + libc::SIGINT),
+        VmRequest::GuestCrash { .. } => Some(code::GUEST_CRASH),
+        VmRequest::HostError { .. } => Some(code::LAUNCHER_ERROR),
+    }
+}
+
+/// Ends the process as `req` says: exit with its code, or re-exec.
+pub fn finish(req: VmRequest, argv: &[OsString]) -> ! {
+    terminal::restore();
+    match &req {
+        VmRequest::Poweroff => log::info!("guest powered off"),
+        VmRequest::Reboot { reason } => {
+            let next = boot_number() + 1;
+            eprintln!("launcher: guest reboot ({reason}); starting boot #{next}");
+            let err = reexec(argv, next);
+            eprintln!("launcher: cannot re-execute myself to reboot: {err}");
+            std::process::exit(code::LAUNCHER_ERROR);
+        }
+        VmRequest::Signal(sig) => eprintln!("launcher: stopped by signal {sig}"),
+        VmRequest::Escape => eprintln!("launcher: stopped from the console (Ctrl-C x3)"),
+        VmRequest::GuestCrash { message } => eprintln!("launcher: guest crashed: {message}"),
+        VmRequest::HostError { message } => eprintln!("launcher: {message}"),
+    }
+    std::process::exit(exit_code(&req).unwrap_or(code::LAUNCHER_ERROR))
+}
+
+/// Executes the launcher again with `argv`; returns only on failure.
+fn reexec(argv: &[OsString], boot: u32) -> std::io::Error {
+    let args: Vec<CString> = match argv
+        .iter()
+        .map(|a| CString::new(a.as_bytes()))
+        .collect::<Result<_, _>>()
+    {
+        Ok(a) => a,
+        Err(e) => return std::io::Error::new(std::io::ErrorKind::InvalidInput, e),
+    };
+    let mut ptrs: Vec<*const libc::c_char> = args.iter().map(|a| a.as_ptr()).collect();
+    ptrs.push(std::ptr::null());
+    std::env::set_var(BOOT_COUNT_VAR, boot.to_string());
+    // SAFETY: close_range only flags descriptors; sigprocmask restores the
+    // mask we changed; execv gets NUL-terminated strings that outlive the call.
+    unsafe {
+        libc::syscall(
+            libc::SYS_close_range,
+            3u32,
+            u32::MAX,
+            libc::CLOSE_RANGE_CLOEXEC,
+        );
+        let mut empty: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut empty);
+        libc::pthread_sigmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
+        libc::execv(c"/proc/self/exe".as_ptr(), ptrs.as_ptr());
+        // /proc may be missing (chroot): fall back to the name we were run as.
+        libc::execvp(ptrs[0], ptrs.as_ptr());
+    }
+    std::io::Error::last_os_error()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exit_codes_are_distinct() {
+        let reqs = [
+            VmRequest::Poweroff,
+            VmRequest::Signal(libc::SIGTERM),
+            VmRequest::GuestCrash {
+                message: String::new(),
+            },
+            VmRequest::HostError {
+                message: String::new(),
+            },
+        ];
+        let codes: Vec<_> = reqs.iter().map(|r| exit_code(r).unwrap()).collect();
+        assert_eq!(codes, vec![0, 143, 4, 1]);
+        assert_eq!(exit_code(&VmRequest::Escape), Some(130));
+        assert_eq!(
+            exit_code(&VmRequest::Reboot {
+                reason: String::new()
+            }),
+            None
+        );
+    }
+}

@@ -1,0 +1,71 @@
+//! `launcher`: run a Linux guest on KVM from one small, readable process.
+//!
+//! `main` parses the command line ([`cli`]), builds the machine ([`vm`]),
+//! runs it, and ends the process as the guest's last request says
+//! ([`lifecycle`]): exit with a documented code, or re-exec to reboot.
+
+mod cli;
+mod error;
+mod host;
+mod lifecycle;
+mod terminal;
+mod vcpu;
+mod vm;
+
+use clap::Parser;
+
+fn main() {
+    let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let cli = match cli::Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            std::process::exit(if e.use_stderr() {
+                lifecycle::code::USAGE
+            } else {
+                0
+            });
+        }
+    };
+    init_logging(cli.verbose);
+    // Before any thread exists, so that every thread inherits the mask.
+    let signals = lifecycle::block_signals();
+    std::panic::set_hook(Box::new(|info| {
+        terminal::restore();
+        eprintln!("launcher: internal error (a bug, please report it): {info}");
+    }));
+
+    let config = cli::VmConfig::from(cli);
+    let host = host::Host::detect();
+    host.describe();
+    let boot = lifecycle::boot_number();
+    if boot > 1 {
+        log::info!("boot #{boot}");
+    }
+    let vm = match vm::Vm::new(&config, host) {
+        Ok(vm) => vm,
+        Err(e) => {
+            eprintln!("launcher: {e}");
+            std::process::exit(lifecycle::code::LAUNCHER_ERROR);
+        }
+    };
+    lifecycle::spawn_signal_thread(signals, vm.control());
+    terminal::make_raw();
+    let outcome = vm.run();
+    lifecycle::finish(outcome, &argv)
+}
+
+/// Diagnostics go to stderr; `-v` shows what guest drivers and the host
+/// workarounds do, `-vv` every unclaimed I/O access. RUST_LOG overrides.
+fn init_logging(verbose: u8) {
+    let level = match verbose {
+        0 => "warn",
+        1 => "debug",
+        _ => "trace",
+    };
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(format!(
+        "warn,launcher={level},devices={level},loader={level}"
+    )))
+    .format_timestamp(None)
+    .init();
+}

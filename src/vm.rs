@@ -1,0 +1,253 @@
+//! Assembles a machine from a [`VmConfig`] and runs it until something ends
+//! the run.
+//!
+//! Order matters and is the whole story of a boot: open KVM and check what
+//! it can do; allocate guest RAM around the MMIO hole and hand it to KVM;
+//! create the in-kernel interrupt controllers and PIT; load the kernel,
+//! initrd and boot tables ([`loader`]); put the legacy devices on the
+//! port-I/O bus with their interrupts wired to irqfds; create and configure
+//! the vCPUs; start one thread per vCPU plus the stdin and signal threads;
+//! then wait for the first [`VmRequest`] that ends the run.
+
+use std::sync::mpsc::Receiver;
+use std::sync::{Arc, Mutex};
+
+use devices::legacy::{ports, Cmos, InputSink, PowerManagement, SerialPort, I8042};
+use devices::pci::{self, HostBridge, PciRoot};
+use devices::{Bus, VmControl, VmRequest};
+use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, KVM_PIT_SPEAKER_DUMMY};
+use kvm_ioctls::{Cap, Kvm, VmFd};
+use loader::layout::MemoryLayout;
+use loader::GuestMemory;
+use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
+use vmm_sys_util::eventfd::EventFd;
+
+use crate::cli::VmConfig;
+use crate::error::{Error, Result};
+use crate::host::Host;
+use crate::terminal::{self, ConsoleInput};
+use crate::vcpu::{self, Vcpu};
+
+/// Where KVM keeps its TSS and identity map on Intel: three pages just
+/// below the BIOS area, inside the MMIO hole where no RAM or BAR lives.
+const KVM_TSS_ADDR: usize = 0xfffb_d000;
+
+/// A machine ready to run: its threads start in [`Vm::run`].
+pub struct Vm {
+    _kvm: Kvm,
+    _vm: VmFd,
+    vcpus: Vec<Vcpu>,
+    control: VmControl,
+    requests: Receiver<VmRequest>,
+    serial: Arc<Mutex<SerialPort>>,
+    serial_room: EventFd,
+}
+
+impl Vm {
+    /// Builds the machine described by `config` on `host`.
+    pub fn new(config: &VmConfig, host: Host) -> Result<Self> {
+        let kvm = Kvm::new().map_err(Error::KvmOpen)?;
+        check_kvm(&kvm)?;
+        let max = kvm.get_max_vcpus();
+        if usize::from(config.cpus) > max {
+            return Err(Error::TooManyCpus {
+                asked: config.cpus,
+                max,
+            });
+        }
+
+        let mem_bytes = config.mem_mb << 20;
+        let layout = MemoryLayout::new(mem_bytes)?;
+        let mem = GuestMemory::from_ranges(layout.ram_ranges()).map_err(|e| Error::Memory {
+            mb: config.mem_mb,
+            reason: e.to_string(),
+        })?;
+
+        let vm = kvm.create_vm().map_err(Error::kvm("create a VM"))?;
+        register_memory(&vm, &mem, config.mem_mb)?;
+        vm.set_tss_address(KVM_TSS_ADDR)
+            .map_err(Error::kvm("place its TSS"))?;
+        vm.create_irq_chip()
+            .map_err(Error::kvm("create the interrupt controllers"))?;
+        let pit = kvm_pit_config {
+            flags: KVM_PIT_SPEAKER_DUMMY,
+            ..Default::default()
+        };
+        vm.create_pit2(pit).map_err(Error::kvm("create the PIT"))?;
+
+        let cmdline = match host.extra_cmdline() {
+            Some(extra) if config.cmdline.is_empty() => extra.to_string(),
+            Some(extra) => format!("{} {extra}", config.cmdline),
+            None => config.cmdline.clone(),
+        };
+        log::debug!("kernel command line: {cmdline}");
+        let spec = loader::BootSpec {
+            kernel: &config.kernel,
+            initrd: config.initrd.as_deref(),
+            cmdline: &cmdline,
+            cpus: config.cpus,
+        };
+        let boot = loader::load(&mem, &layout, &spec)?;
+        log::debug!(
+            "loaded {:?} kernel, entry {:#x}, zero page {:#x}, initrd {:x?}",
+            boot.kind,
+            boot.entry.0,
+            boot.zero_page.0,
+            boot.initrd
+        );
+
+        let (control, requests) = VmControl::new();
+        let mut pio = Bus::new();
+        let irq = |gsi: u32| -> Result<EventFd> {
+            let fd = EventFd::new(libc::EFD_NONBLOCK).map_err(Error::io("create an eventfd"))?;
+            vm.register_irqfd(&fd, gsi)
+                .map_err(Error::kvm("wire an interrupt (irqfd)"))?;
+            Ok(fd)
+        };
+        let serial_room = EventFd::new(0).map_err(Error::io("create an eventfd"))?;
+        let serial = Arc::new(Mutex::new(SerialPort::new(
+            irq(ports::COM1_IRQ)?,
+            serial_room
+                .try_clone()
+                .map_err(Error::io("clone an eventfd"))?,
+            Box::new(std::io::stdout()),
+        )));
+        pio.insert(serial.clone(), ports::COM1, ports::COM1_LEN)?;
+        let i8042 = I8042::new(Some(irq(1)?), control.clone());
+        pio.insert(Arc::new(Mutex::new(i8042)), ports::I8042, ports::I8042_LEN)?;
+        pio.insert(
+            Arc::new(Mutex::new(Cmos::new())),
+            ports::CMOS,
+            ports::CMOS_LEN,
+        )?;
+        let pci = PciRoot::new(Arc::new(Mutex::new(HostBridge::new())), control.clone());
+        pio.insert(
+            Arc::new(Mutex::new(pci)),
+            pci::root::CONFIG_PORT,
+            pci::root::CONFIG_PORT_LEN,
+        )?;
+        let pm = PowerManagement::new(control.clone());
+        pio.insert(Arc::new(Mutex::new(pm)), ports::PM, ports::PM_LEN)?;
+        let pio = Arc::new(pio);
+        let mmio = Arc::new(Bus::new());
+
+        let base_cpuid = kvm
+            .get_supported_cpuid(kvm_bindings::KVM_MAX_CPUID_ENTRIES)
+            .map_err(Error::kvm("report its CPUID"))?;
+        let mut vcpus = Vec::with_capacity(config.cpus.into());
+        for id in 0..config.cpus {
+            let fd = vm
+                .create_vcpu(id.into())
+                .map_err(Error::kvm("create a vCPU"))?;
+            vcpu::configure(&fd, id, config.cpus, &base_cpuid, &mem, &boot)?;
+            vcpus.push(Vcpu {
+                fd,
+                id,
+                pio: pio.clone(),
+                mmio: mmio.clone(),
+                control: control.clone(),
+                host,
+                mem: mem.clone(),
+            });
+        }
+        Ok(Self {
+            _kvm: kvm,
+            _vm: vm,
+            vcpus,
+            control,
+            requests,
+            serial,
+            serial_room,
+        })
+    }
+
+    /// Starts the vCPU and stdin threads and returns the request that ended
+    /// the run.
+    pub fn run(self) -> VmRequest {
+        for vcpu in self.vcpus {
+            let name = format!("vcpu{}", vcpu.id);
+            if let Err(e) = std::thread::Builder::new()
+                .name(name)
+                .spawn(move || vcpu.run())
+            {
+                return VmRequest::HostError {
+                    message: format!("cannot start a vCPU thread: {e}"),
+                };
+            }
+        }
+        terminal::spawn_input_thread(
+            SerialInput {
+                sink: InputSink::new(self.serial),
+                room: self.serial_room,
+            },
+            self.control.clone(),
+        );
+        // Every thread holds a sender, so this only fails if all are gone.
+        self.requests.recv().unwrap_or(VmRequest::HostError {
+            message: "every vCPU thread ended without a reason".into(),
+        })
+    }
+
+    /// The handle the signal thread sends through.
+    pub fn control(&self) -> VmControl {
+        self.control.clone()
+    }
+}
+
+/// Console input for the 8250: queue into its FIFO, wait on the eventfd the
+/// UART signals when the guest drained it.
+struct SerialInput {
+    sink: InputSink,
+    room: EventFd,
+}
+
+impl ConsoleInput for SerialInput {
+    fn push(&self, bytes: &[u8]) -> usize {
+        self.sink.push(bytes)
+    }
+    fn wait_for_room(&self) {
+        let _ = self.room.read();
+    }
+}
+
+/// Checks the KVM API version and the capabilities the launcher relies on.
+fn check_kvm(kvm: &Kvm) -> Result<()> {
+    let api = kvm.get_api_version();
+    if api != 12 {
+        return Err(Error::KvmApi(api));
+    }
+    for (cap, name) in [
+        (
+            Cap::Irqchip,
+            "an in-kernel interrupt controller (KVM_CAP_IRQCHIP)",
+        ),
+        (Cap::Pit2, "an in-kernel PIT (KVM_CAP_PIT2)"),
+        (Cap::Irqfd, "irqfd (KVM_CAP_IRQFD)"),
+        (Cap::Ioeventfd, "ioeventfd (KVM_CAP_IOEVENTFD)"),
+        (Cap::UserMemory, "user memory regions (KVM_CAP_USER_MEMORY)"),
+        (Cap::SetTssAddr, "KVM_CAP_SET_TSS_ADDR"),
+    ] {
+        if !kvm.check_extension(cap) {
+            return Err(Error::KvmCap(name));
+        }
+    }
+    Ok(())
+}
+
+/// Tells KVM where each RAM region lives in our address space.
+fn register_memory(vm: &VmFd, mem: &GuestMemory, mb: u64) -> Result<()> {
+    for (slot, region) in mem.iter().enumerate() {
+        let region_desc = kvm_userspace_memory_region {
+            slot: slot as u32,
+            flags: 0,
+            guest_phys_addr: region.start_addr().0,
+            memory_size: region.len(),
+            userspace_addr: region.as_ptr() as u64,
+        };
+        // SAFETY: the region is a live mapping owned by `mem`, which the VM
+        // keeps (through the vCPUs' clones) for as long as the guest runs.
+        unsafe { vm.set_user_memory_region(region_desc) }
+            .map_err(|source| Error::MemoryMap { mb, source })?;
+    }
+    Ok(())
+}
