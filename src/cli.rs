@@ -43,6 +43,15 @@ pub struct Cli {
     #[arg(long, value_name = "N", default_value_t = 1, value_parser = parse_cpus)]
     pub cpus: u8,
 
+    /// Add a virtio-rng device fed from the host's getrandom.
+    #[arg(long)]
+    pub rng: bool,
+
+    /// On a virtio rule broken by a guest driver, log it and set
+    /// DEVICE_NEEDS_RESET instead of stopping the guest.
+    #[arg(long)]
+    pub lenient: bool,
+
     /// Trace what the launcher and the guest's drivers do (repeat for more).
     #[arg(short, long, action = clap::ArgAction::Count)]
     pub verbose: u8,
@@ -57,6 +66,8 @@ pub struct VmConfig {
     /// What the user asked for; host workarounds are appended later.
     pub cmdline: String,
     pub cpus: u8,
+    pub rng: bool,
+    pub lenient: bool,
 }
 
 impl From<Cli> for VmConfig {
@@ -67,6 +78,8 @@ impl From<Cli> for VmConfig {
             initrd: cli.initrd,
             cmdline: cli.kernel_args.join(" "),
             cpus: cli.cpus,
+            rng: cli.rng,
+            lenient: cli.lenient,
         }
     }
 }

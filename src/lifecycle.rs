@@ -90,6 +90,7 @@ pub fn exit_code(req: &VmRequest) -> Option<i32> {
         VmRequest::Reboot { .. } => None,
         VmRequest::Signal(sig) => Some(code::SIGNAL_BASE + sig),
         VmRequest::Escape => Some(code::SIGNAL_BASE + libc::SIGINT),
+        VmRequest::BadDriver { .. } => Some(code::BAD_DRIVER),
         VmRequest::GuestCrash { .. } => Some(code::GUEST_CRASH),
         VmRequest::HostError { .. } => Some(code::LAUNCHER_ERROR),
     }
@@ -109,6 +110,7 @@ pub fn finish(req: VmRequest, argv: &[OsString]) -> ! {
         }
         VmRequest::Signal(sig) => eprintln!("launcher: stopped by signal {sig}"),
         VmRequest::Escape => eprintln!("launcher: stopped from the console (Ctrl-C x3)"),
+        VmRequest::BadDriver { report } => eprintln!("launcher: {report}"),
         VmRequest::GuestCrash { message } => eprintln!("launcher: guest crashed: {message}"),
         VmRequest::HostError { message } => eprintln!("launcher: {message}"),
     }
@@ -166,6 +168,12 @@ mod tests {
         let codes: Vec<_> = reqs.iter().map(|r| exit_code(r).unwrap()).collect();
         assert_eq!(codes, vec![0, 143, 4, 1]);
         assert_eq!(exit_code(&VmRequest::Escape), Some(130));
+        assert_eq!(
+            exit_code(&VmRequest::BadDriver {
+                report: String::new()
+            }),
+            Some(3)
+        );
         assert_eq!(
             exit_code(&VmRequest::Reboot {
                 reason: String::new()

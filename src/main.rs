@@ -10,6 +10,7 @@ mod host;
 mod lifecycle;
 mod terminal;
 mod vcpu;
+mod virtio;
 mod vm;
 
 use clap::Parser;

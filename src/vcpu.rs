@@ -150,12 +150,23 @@ impl Vcpu {
     /// `control`, and the thread returns.
     pub fn run(mut self) {
         let mut fixed = std::collections::BTreeSet::new();
+        let mut waiting_for_sipi = false;
         loop {
             let exit = match self.fd.run() {
-                Ok(exit) => exit,
+                Ok(exit) => {
+                    if std::mem::take(&mut waiting_for_sipi) {
+                        log::debug!("vcpu{}: started by its start-up IPI", self.id);
+                    }
+                    exit
+                }
                 Err(e) if e.errno() == libc::EINTR => continue,
-                // A secondary vCPU waiting for its start-up IPI.
+                // A secondary vCPU waiting for its start-up IPI: KVM on
+                // some hosts returns EAGAIN rather than blocking.
                 Err(e) if e.errno() == libc::EAGAIN => {
+                    if !waiting_for_sipi {
+                        log::debug!("vcpu{}: waiting for its start-up IPI", self.id);
+                        waiting_for_sipi = true;
+                    }
                     std::thread::sleep(std::time::Duration::from_millis(1));
                     continue;
                 }

@@ -14,10 +14,15 @@ use std::sync::{Arc, Mutex};
 
 use devices::legacy::{ports, Cmos, InputSink, PowerManagement, SerialPort, I8042};
 use devices::pci::{self, HostBridge, PciRoot};
+use devices::virtio::console::{Console, InputQueue};
+use devices::virtio::rng::Rng;
+use devices::virtio::transport::modern::{self, ModernBar, ModernFunction, ModernTransport};
+use devices::virtio::VirtioDevice;
 use devices::{Bus, VmControl, VmRequest};
 use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, KVM_PIT_SPEAKER_DUMMY};
 use kvm_ioctls::{Cap, Kvm, VmFd};
-use loader::layout::MemoryLayout;
+use loader::layout::{MemoryLayout, MMIO_HOLE_START};
+use loader::mptable::PciIntx;
 use loader::GuestMemory;
 use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
 use vmm_sys_util::eventfd::EventFd;
@@ -27,6 +32,7 @@ use crate::error::{Error, Result};
 use crate::host::Host;
 use crate::terminal::{self, ConsoleInput};
 use crate::vcpu::{self, Vcpu};
+use crate::virtio::{self, KvmHooks};
 
 /// Where KVM keeps its TSS and identity map on Intel: three pages just
 /// below the BIOS area, inside the MMIO hole where no RAM or BAR lives.
@@ -35,12 +41,13 @@ const KVM_TSS_ADDR: usize = 0xfffb_d000;
 /// A machine ready to run: its threads start in [`Vm::run`].
 pub struct Vm {
     _kvm: Kvm,
-    _vm: VmFd,
+    _vm: Arc<VmFd>,
     vcpus: Vec<Vcpu>,
     control: VmControl,
     requests: Receiver<VmRequest>,
     serial: Arc<Mutex<SerialPort>>,
     serial_room: EventFd,
+    console_input: Arc<InputQueue>,
 }
 
 impl Vm {
@@ -63,7 +70,7 @@ impl Vm {
             reason: e.to_string(),
         })?;
 
-        let vm = kvm.create_vm().map_err(Error::kvm("create a VM"))?;
+        let vm = Arc::new(kvm.create_vm().map_err(Error::kvm("create a VM"))?);
         register_memory(&vm, &mem, config.mem_mb)?;
         vm.set_tss_address(KVM_TSS_ADDR)
             .map_err(Error::kvm("place its TSS"))?;
@@ -120,7 +127,55 @@ impl Vm {
             ports::CMOS,
             ports::CMOS_LEN,
         )?;
-        let pci = PciRoot::new(Arc::new(Mutex::new(HostBridge::new())), control.clone());
+        let mut pci = PciRoot::new(Arc::new(Mutex::new(HostBridge::new())), control.clone());
+        let mut mmio = Bus::new();
+        let hooks = Arc::new(KvmHooks::new(
+            vm.clone(),
+            mem.clone(),
+            control.clone(),
+            config.lenient,
+        ));
+        hooks
+            .install_routes()
+            .map_err(Error::io("set up interrupt routing"))?;
+        let console_input = InputQueue::new().map_err(Error::io("create an eventfd"))?;
+        let mut virtio: Vec<Box<dyn VirtioDevice>> = vec![Box::new(Console::new(
+            console_input.clone(),
+            Box::new(std::io::stdout()),
+        ))];
+        if config.rng {
+            virtio.push(Box::new(Rng));
+        }
+        let mut intx = Vec::new();
+        let mut next_bar = MMIO_HOLE_START;
+        for device in virtio {
+            let slot = pci.free_slot().ok_or(Error::PciFull)?;
+            let mut t = ModernTransport::new(device, slot, hooks.clone());
+            let addr = next_bar.next_multiple_of(modern::BAR_SIZE);
+            next_bar = addr + modern::BAR_SIZE;
+            t.config_mut().set_bar_address(0, addr);
+            t.config_mut().set_interrupt(1, virtio::intx_pin(slot));
+            t.connect_interrupts()
+                .map_err(Error::io("wire a virtio device's interrupts"))?;
+            log::debug!(
+                "pci: {} BAR0 at {addr:#x}, INTA -> IOAPIC pin {}",
+                t.label(),
+                virtio::intx_pin(slot)
+            );
+            let t = Arc::new(Mutex::new(t));
+            mmio.insert(
+                Arc::new(Mutex::new(ModernBar(t.clone()))),
+                addr,
+                modern::BAR_SIZE,
+            )?;
+            pci.add(Arc::new(Mutex::new(ModernFunction(t))));
+            intx.push(PciIntx {
+                slot,
+                pin: 0,
+                ioapic_pin: virtio::intx_pin(slot),
+            });
+        }
+        loader::mptable::setup_mptable_with_pci(&mem, config.cpus, &intx)?;
         pio.insert(
             Arc::new(Mutex::new(pci)),
             pci::root::CONFIG_PORT,
@@ -129,7 +184,7 @@ impl Vm {
         let pm = PowerManagement::new(control.clone());
         pio.insert(Arc::new(Mutex::new(pm)), ports::PM, ports::PM_LEN)?;
         let pio = Arc::new(pio);
-        let mmio = Arc::new(Bus::new());
+        let mmio = Arc::new(mmio);
 
         let base_cpuid = kvm
             .get_supported_cpuid(kvm_bindings::KVM_MAX_CPUID_ENTRIES)
@@ -158,6 +213,7 @@ impl Vm {
             requests,
             serial,
             serial_room,
+            console_input,
         })
     }
 
@@ -175,13 +231,15 @@ impl Vm {
                 };
             }
         }
-        terminal::spawn_input_thread(
-            SerialInput {
-                sink: InputSink::new(self.serial),
-                room: self.serial_room,
-            },
-            self.control.clone(),
-        );
+        let serial = SerialInput {
+            sink: InputSink::new(self.serial),
+            room: self.serial_room,
+        };
+        let route = StdinRoute {
+            serial,
+            virtio: self.console_input,
+        };
+        terminal::spawn_input_thread(route, self.control.clone());
         // Every thread holds a sender, so this only fails if all are gone.
         self.requests.recv().unwrap_or(VmRequest::HostError {
             message: "every vCPU thread ended without a reason".into(),
@@ -207,6 +265,31 @@ impl ConsoleInput for SerialInput {
     }
     fn wait_for_room(&self) {
         let _ = self.room.read();
+    }
+}
+
+/// Terminal input goes to the console the guest uses: the virtio console
+/// once its driver has written to it (`console=hvc0`), else the 8250.
+struct StdinRoute {
+    serial: SerialInput,
+    virtio: Arc<InputQueue>,
+}
+
+impl ConsoleInput for StdinRoute {
+    fn push(&self, bytes: &[u8]) -> usize {
+        if self.virtio.in_use() {
+            self.virtio.push(bytes)
+        } else {
+            self.serial.push(bytes)
+        }
+    }
+    fn wait_for_room(&self) {
+        if self.virtio.in_use() {
+            // The guest is reading slowly; its buffer drains by itself.
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        } else {
+            self.serial.wait_for_room()
+        }
     }
 }
 

@@ -16,6 +16,9 @@ pub enum VmRequest {
     Reboot { reason: String },
     /// A host signal (SIGTERM, SIGINT, ...) that stops the guest at once.
     Signal(i32),
+    /// A guest driver broke a virtio rule (strict mode); `report` is the
+    /// one-line "bad driver" message.
+    BadDriver { report: String },
     /// The user typed the console escape (three Ctrl-C within a second).
     Escape,
     /// The guest did something the launcher cannot go on from: an

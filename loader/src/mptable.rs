@@ -24,8 +24,10 @@ pub const ISA_IRQS: u8 = 16;
 /// the 8259 cascade.
 pub const TIMER_IOAPIC_PIN: u8 = 2;
 /// Bus ids in the table.
-pub const ISA_BUS_ID: u8 = 0;
-pub const PCI_BUS_ID: u8 = 1;
+/// Linux matches an MP interrupt entry's bus id against the PCI bus
+/// *number*, so the PCI bus must be MP bus 0 (as SeaBIOS has it).
+pub const PCI_BUS_ID: u8 = 0;
+pub const ISA_BUS_ID: u8 = 1;
 
 /// Room for the floating pointer and table: the reserved area up to 1 MiB.
 const AREA_LEN: usize = (HIMEM_START - EBDA_START) as usize;
@@ -136,7 +138,7 @@ pub fn build(cpus: u8, pci: &[PciIntx]) -> Result<Vec<u8>> {
         entries.extend_from_slice(&[0; 8]);
         count += 1;
     }
-    for (id, name) in [(ISA_BUS_ID, b"ISA   "), (PCI_BUS_ID, b"PCI   ")] {
+    for (id, name) in [(PCI_BUS_ID, b"PCI   "), (ISA_BUS_ID, b"ISA   ")] {
         entries.extend_from_slice(&[ENTRY_BUS, id]);
         entries.extend_from_slice(name);
         count += 1;
@@ -258,15 +260,15 @@ mod tests {
         // 1 CPU + 2 buses + IOAPIC + 16 ISA IRQs + 2 local interrupts.
         assert_eq!(e.len(), 22);
         assert_eq!(&e[0][..4], &[0, 0, 0x14, CPU_ENABLED | CPU_BOOT_PROCESSOR]);
-        assert_eq!(e[1], &[1, 0, b'I', b'S', b'A', b' ', b' ', b' ']);
-        assert_eq!(e[2], &[1, 1, b'P', b'C', b'I', b' ', b' ', b' ']);
+        assert_eq!(e[1], &[1, 0, b'P', b'C', b'I', b' ', b' ', b' ']);
+        assert_eq!(e[2], &[1, 1, b'I', b'S', b'A', b' ', b' ', b' ']);
         assert_eq!(e[3], &[2, 1, 0x11, 1, 0x00, 0x00, 0xc0, 0xfe]);
-        assert_eq!(e[4], &[3, 0, 0, 0, 0, 0, 1, 2], "IRQ 0 -> pin 2");
+        assert_eq!(e[4], &[3, 0, 0, 0, 1, 0, 1, 2], "IRQ 0 -> pin 2");
         for irq in 1..16u8 {
-            assert_eq!(e[4 + usize::from(irq)], &[3, 0, 0, 0, 0, irq, 1, irq]);
+            assert_eq!(e[4 + usize::from(irq)], &[3, 0, 0, 0, 1, irq, 1, irq]);
         }
-        assert_eq!(e[20], &[4, 3, 0, 0, 0, 0, 0xff, 0], "LINT0 ExtINT");
-        assert_eq!(e[21], &[4, 1, 0, 0, 0, 0, 0xff, 1], "LINT1 NMI");
+        assert_eq!(e[20], &[4, 3, 0, 0, 1, 0, 0xff, 0], "LINT0 ExtINT");
+        assert_eq!(e[21], &[4, 1, 0, 0, 1, 0, 0xff, 1], "LINT1 NMI");
     }
 
     #[test]
@@ -291,7 +293,7 @@ mod tests {
         }];
         let table = check(2, &pci);
         let e = entries(&table);
-        assert_eq!(e[5 + 16], &[3, 0, 0, 0, 1, (3 << 2) | 1, 2, 17]);
+        assert_eq!(e[5 + 16], &[3, 0, 0, 0, 0, (3 << 2) | 1, 2, 17]);
     }
 
     #[test]

@@ -109,8 +109,8 @@ impl Msix {
 
     fn unmasked_pending(&mut self, was_masked: &[bool]) -> Vec<MsixChange> {
         let mut out = Vec::new();
-        for v in 0..self.entries.len() {
-            if was_masked[v] && !self.masked(v) && self.pending[v] && self.enabled() {
+        for (v, &was) in was_masked.iter().enumerate() {
+            if was && !self.masked(v) && self.pending[v] && self.enabled() {
                 self.pending[v] = false;
                 out.push(MsixChange::DeliverPending(v as u16));
             }

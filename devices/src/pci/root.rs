@@ -38,7 +38,7 @@ struct Address {
 }
 
 fn decode(addr: u32) -> Option<Address> {
-    (addr & 0x8000_0000 != 0).then(|| Address {
+    (addr & 0x8000_0000 != 0).then_some(Address {
         bus: (addr >> 16) as u8,
         slot: ((addr >> 11) & 0x1f) as u8,
         function: ((addr >> 8) & 0x7) as u8,
@@ -70,6 +70,11 @@ impl PciRoot {
         let slot = self.slots.iter().position(Option::is_none)?;
         self.slots[slot] = Some(function);
         Some(slot as u8)
+    }
+
+    /// The slot [`PciRoot::add`] would use next.
+    pub fn free_slot(&self) -> Option<u8> {
+        self.slots.iter().position(Option::is_none).map(|s| s as u8)
     }
 
     fn target(&self) -> Option<(SharedFunction, usize)> {

@@ -1,6 +1,14 @@
-//! virtio: the strict-check rules now; transports, virtqueue checking and
-//! devices build on them.
+//! virtio: devices, the transports that expose them over PCI, the checked
+//! virtqueue layer, per-queue workers, and the table of strict rules.
 
+pub mod console;
+pub mod device;
+pub mod interrupt;
+pub mod queue;
+pub mod rng;
 pub mod rules;
+pub mod transport;
+pub mod worker;
 
+pub use device::{QueueHandler, VirtioDevice};
 pub use rules::{Rule, Violation};

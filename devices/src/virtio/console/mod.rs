@@ -1,0 +1,184 @@
+//! virtio-console (device type 3, virtio 1.0 §5.3), one port, no
+//! multiport: queue 0 (receiveq) carries what the user types to the guest,
+//! queue 1 (transmitq) carries the guest's output to the launcher's
+//! stdout. It is always present, as in lguest, so `console=hvc0` works.
+//!
+//! Input arrives from the terminal thread through [`InputQueue`]: bytes
+//! wait in a shared buffer and an eventfd wakes the receive queue's worker,
+//! which copies them into whatever buffers the driver has posted; with no
+//! buffers posted they wait until the driver posts some (its notification
+//! wakes the worker again).
+
+use std::collections::VecDeque;
+use std::io::Write;
+use std::os::fd::{AsRawFd, RawFd};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use vm_memory::GuestMemoryMmap;
+use vmm_sys_util::eventfd::EventFd;
+
+use crate::bus::lock;
+use crate::virtio::device::{QueueHandler, VirtioDevice};
+use crate::virtio::queue::CheckedQueue;
+use crate::virtio::rules::{Rule, Violation};
+
+const QUEUE_SIZE: u16 = 128;
+/// Input held for the guest at most; beyond it the terminal thread waits.
+const INPUT_LIMIT: usize = 64 * 1024;
+
+/// Input waiting for the guest, shared with the terminal thread.
+pub struct InputQueue {
+    pending: Mutex<VecDeque<u8>>,
+    ready: EventFd,
+    /// The guest has written to this console: it is the one in use, so
+    /// the terminal's input belongs here.
+    in_use: AtomicBool,
+}
+
+impl InputQueue {
+    pub fn new() -> std::io::Result<Arc<Self>> {
+        Ok(Arc::new(Self {
+            pending: Mutex::new(VecDeque::new()),
+            ready: EventFd::new(libc::EFD_NONBLOCK)?,
+            in_use: AtomicBool::new(false),
+        }))
+    }
+
+    /// Queues `bytes` for the guest; returns how many fit.
+    pub fn push(&self, bytes: &[u8]) -> usize {
+        let mut p = lock(&self.pending);
+        let n = bytes.len().min(INPUT_LIMIT - p.len());
+        p.extend(&bytes[..n]);
+        drop(p);
+        if n > 0 {
+            let _ = self.ready.write(1);
+        }
+        n
+    }
+
+    /// True once the guest's driver has sent output through this console.
+    pub fn in_use(&self) -> bool {
+        self.in_use.load(Ordering::Relaxed)
+    }
+}
+
+pub struct Console {
+    input: Arc<InputQueue>,
+    output: Arc<Mutex<Box<dyn Write + Send>>>,
+}
+
+impl Console {
+    pub fn new(input: Arc<InputQueue>, output: Box<dyn Write + Send>) -> Self {
+        Self {
+            input,
+            output: Arc::new(Mutex::new(output)),
+        }
+    }
+}
+
+impl VirtioDevice for Console {
+    fn device_type(&self) -> u16 {
+        3
+    }
+    fn name(&self) -> &'static str {
+        "virtio-console"
+    }
+    fn features(&self) -> u64 {
+        0
+    }
+    fn queue_max_sizes(&self) -> &[u16] {
+        &[QUEUE_SIZE, QUEUE_SIZE]
+    }
+    fn read_config(&self, _offset: usize, data: &mut [u8]) {
+        // cols, rows, max_nr_ports: meaningful only with features we do
+        // not offer.
+        data.fill(0);
+    }
+    fn activate(&mut self, _features: u64) -> Vec<Box<dyn QueueHandler>> {
+        vec![
+            Box::new(Receive {
+                input: self.input.clone(),
+            }),
+            Box::new(Transmit {
+                output: self.output.clone(),
+                input: self.input.clone(),
+            }),
+        ]
+    }
+}
+
+/// receiveq: terminal input into the guest's buffers.
+struct Receive {
+    input: Arc<InputQueue>,
+}
+
+impl QueueHandler for Receive {
+    fn process(
+        &mut self,
+        queue: &mut CheckedQueue,
+        mem: &GuestMemoryMmap,
+    ) -> Result<bool, Violation> {
+        let _ = self.input.ready.read();
+        let mut used = false;
+        loop {
+            let mut pending = lock(&self.input.pending);
+            if pending.is_empty() {
+                return Ok(used);
+            }
+            let Some(chain) = queue.pop(mem)? else {
+                return Ok(used);
+            };
+            if chain.readable().next().is_some() {
+                return Err(Violation::new(
+                    Rule::WrongDirection,
+                    format!("receive buffer {} is device-readable", chain.head),
+                ));
+            }
+            let n = (chain.writable_len() as usize).min(pending.len());
+            let bytes: Vec<u8> = pending.drain(..n).collect();
+            drop(pending);
+            let len = chain.write_all(mem, &bytes).unwrap_or(0);
+            queue.add_used(mem, chain.head, len)?;
+            used = true;
+        }
+    }
+
+    fn backend_fd(&self) -> Option<RawFd> {
+        Some(self.input.ready.as_raw_fd())
+    }
+}
+
+/// transmitq: the guest's output to stdout.
+struct Transmit {
+    output: Arc<Mutex<Box<dyn Write + Send>>>,
+    input: Arc<InputQueue>,
+}
+
+impl QueueHandler for Transmit {
+    fn process(
+        &mut self,
+        queue: &mut CheckedQueue,
+        mem: &GuestMemoryMmap,
+    ) -> Result<bool, Violation> {
+        let mut used = false;
+        while let Some(chain) = queue.pop(mem)? {
+            if chain.writable().next().is_some() {
+                return Err(Violation::new(
+                    Rule::WrongDirection,
+                    format!("transmit buffer {} is device-writable", chain.head),
+                ));
+            }
+            let bytes = chain.read_all(mem, usize::MAX).unwrap_or_default();
+            let mut out = lock(&self.output);
+            if out.write_all(&bytes).and_then(|_| out.flush()).is_err() {
+                log::debug!("virtio-console: stdout closed; output dropped");
+            }
+            drop(out);
+            self.input.in_use.store(true, Ordering::Relaxed);
+            queue.add_used(mem, chain.head, 0)?;
+            used = true;
+        }
+        Ok(used)
+    }
+}

@@ -1,0 +1,129 @@
+//! One thread per virtqueue.
+//!
+//! The guest's notification for a queue is a write to that queue's notify
+//! address, which KVM turns into a signal on an ioeventfd without leaving
+//! the guest's vCPU. The queue's worker sleeps on that eventfd (and on the
+//! device's backend descriptor, if it has one, and a stop eventfd), runs
+//! the device's [`QueueHandler`] over the [`CheckedQueue`], and interrupts
+//! the guest through [`Interrupt`] when the driver wants to hear about used
+//! buffers. A rule the driver breaks ends the worker and is reported.
+//!
+//! ```text
+//! guest writes notify ─► KVM ioeventfd ─► worker: handler.process(queue) ─► irqfd ─► guest
+//! ```
+
+use std::os::fd::AsRawFd;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use vm_memory::GuestMemoryMmap;
+use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
+use vmm_sys_util::eventfd::EventFd;
+
+use super::device::QueueHandler;
+use super::interrupt::{Interrupt, ISR_QUEUE};
+use super::queue::CheckedQueue;
+use super::rules::Violation;
+
+/// Where a worker reports a broken rule; the transport decides what follows.
+pub type ViolationSink = Arc<dyn Fn(Violation) + Send + Sync>;
+
+const KICK: u64 = 0;
+const STOP: u64 = 1;
+const BACKEND: u64 = 2;
+
+/// A running worker; [`Worker::stop`] ends and joins it.
+pub struct Worker {
+    stop: EventFd,
+    thread: Option<JoinHandle<()>>,
+}
+
+/// What one worker needs.
+pub struct WorkerSetup {
+    pub name: String,
+    pub queue: CheckedQueue,
+    pub handler: Box<dyn QueueHandler>,
+    pub kick: EventFd,
+    pub vector: u16,
+    pub interrupt: Arc<Interrupt>,
+    pub violations: ViolationSink,
+    pub mem: GuestMemoryMmap,
+}
+
+impl Worker {
+    pub fn spawn(setup: WorkerSetup) -> std::io::Result<Worker> {
+        let stop = EventFd::new(libc::EFD_NONBLOCK)?;
+        let stop_rx = stop.try_clone()?;
+        let thread = std::thread::Builder::new()
+            .name(setup.name.clone())
+            .spawn(move || run(setup, stop_rx))?;
+        Ok(Worker {
+            stop,
+            thread: Some(thread),
+        })
+    }
+
+    /// Stops the thread and waits for it, so the device can be reset.
+    pub fn stop(mut self) {
+        let _ = self.stop.write(1);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn run(mut s: WorkerSetup, stop: EventFd) {
+    let epoll = match Epoll::new() {
+        Ok(e) => e,
+        Err(e) => {
+            log::error!("{}: no epoll: {e}", s.name);
+            return;
+        }
+    };
+    let mut fds = vec![(KICK, s.kick.as_raw_fd()), (STOP, stop.as_raw_fd())];
+    if let Some(fd) = s.handler.backend_fd() {
+        fds.push((BACKEND, fd));
+    }
+    for (token, fd) in fds {
+        if let Err(e) = epoll.ctl(
+            ControlOperation::Add,
+            fd,
+            EpollEvent::new(EventSet::IN, token),
+        ) {
+            log::error!("{}: cannot wait on fd {fd}: {e}", s.name);
+            return;
+        }
+    }
+    let mut events = vec![EpollEvent::default(); 4];
+    loop {
+        let n = match epoll.wait(-1, &mut events) {
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => {
+                log::error!("{}: epoll: {e}", s.name);
+                return;
+            }
+        };
+        for ev in &events[..n] {
+            match ev.data() {
+                STOP => return,
+                KICK => {
+                    let _ = s.kick.read();
+                }
+                _ => {}
+            }
+        }
+        match s.handler.process(&mut s.queue, &s.mem) {
+            Ok(true) => {
+                if s.queue.needs_interrupt(&s.mem) {
+                    s.interrupt.signal(s.vector, ISR_QUEUE);
+                }
+            }
+            Ok(false) => {}
+            Err(v) => {
+                (s.violations)(v.on_queue(s.queue.index()));
+                return;
+            }
+        }
+    }
+}

@@ -1,0 +1,137 @@
+//! PCI configuration space through mechanism #1: the address register at
+//! 0xCF8 (enable bit, bus, device, function, dword-aligned register) and
+//! the data window at 0xCFC–0xCFF, which takes 8-, 16- and 32-bit accesses
+//! at the byte offset within the dword. Bus 0, function 0 only: that is
+//! all the launcher has.
+
+use crate::port::{inb, inl, inw, outb, outl, outw};
+use crate::println;
+
+pub const CONFIG_ADDRESS: u16 = 0xcf8;
+pub const CONFIG_DATA: u16 = 0xcfc;
+
+/// Standard header offsets.
+pub const VENDOR_ID: u8 = 0x00;
+pub const DEVICE_ID: u8 = 0x02;
+pub const COMMAND: u8 = 0x04;
+pub const STATUS: u8 = 0x06;
+pub const CLASS_REV: u8 = 0x08;
+pub const BAR0: u8 = 0x10;
+pub const CAPABILITIES: u8 = 0x34;
+
+pub const COMMAND_MEMORY: u16 = 1 << 1;
+pub const COMMAND_BUS_MASTER: u16 = 1 << 2;
+pub const STATUS_CAP_LIST: u16 = 1 << 4;
+
+/// Function 0 of a slot on bus 0.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct Slot(pub u8);
+
+impl Slot {
+    fn select(self, reg: u8) -> u16 {
+        let addr = 0x8000_0000u32 | (u32::from(self.0 & 0x1f) << 11) | u32::from(reg & 0xfc);
+        outl(CONFIG_ADDRESS, addr);
+        CONFIG_DATA + u16::from(reg & 3)
+    }
+
+    pub fn read8(self, reg: u8) -> u8 {
+        inb(self.select(reg))
+    }
+
+    pub fn read16(self, reg: u8) -> u16 {
+        inw(self.select(reg))
+    }
+
+    pub fn read32(self, reg: u8) -> u32 {
+        inl(self.select(reg))
+    }
+
+    pub fn write8(self, reg: u8, v: u8) {
+        outb(self.select(reg), v)
+    }
+
+    pub fn write16(self, reg: u8, v: u16) {
+        outw(self.select(reg), v)
+    }
+
+    pub fn write32(self, reg: u8, v: u32) {
+        outl(self.select(reg), v)
+    }
+
+    pub fn vendor(self) -> u16 {
+        self.read16(VENDOR_ID)
+    }
+
+    pub fn device(self) -> u16 {
+        self.read16(DEVICE_ID)
+    }
+
+    /// Class, subclass, programming interface (the top 24 bits at 0x08).
+    pub fn class(self) -> u32 {
+        self.read32(CLASS_REV) >> 8
+    }
+
+    /// The capability list: (offset, id) of each entry.
+    pub fn capabilities(self) -> Capabilities {
+        let first = if self.read16(STATUS) & STATUS_CAP_LIST != 0 {
+            self.read8(CAPABILITIES) & 0xfc
+        } else {
+            0
+        };
+        Capabilities {
+            slot: self,
+            next: first,
+            left: 48,
+        }
+    }
+}
+
+/// Walks a function's capability list (bounded, so a broken list ends).
+pub struct Capabilities {
+    slot: Slot,
+    next: u8,
+    left: u8,
+}
+
+impl Iterator for Capabilities {
+    type Item = (u8, u8);
+
+    fn next(&mut self) -> Option<(u8, u8)> {
+        if self.next < 0x40 || self.left == 0 {
+            return None;
+        }
+        self.left -= 1;
+        let off = self.next;
+        let header = self.slot.read16(off);
+        self.next = (header >> 8) as u8 & 0xfc;
+        Some((off, header as u8))
+    }
+}
+
+/// Prints `GUEST-PCI 00:SS.0 vvvv:dddd cccccc` for every function on bus 0
+/// and `GUEST-PCI-CAP 00:SS.0 at=OO id=II` for each of its capabilities.
+pub fn enumerate() {
+    for s in 0..32 {
+        let slot = Slot(s);
+        let id = slot.read32(VENDOR_ID);
+        if id as u16 == 0xffff {
+            continue;
+        }
+        println!(
+            "GUEST-PCI 00:{s:02x}.0 {:04x}:{:04x} {:06x}",
+            id as u16,
+            id >> 16,
+            slot.class()
+        );
+        for (off, cap) in slot.capabilities() {
+            println!("GUEST-PCI-CAP 00:{s:02x}.0 at={off:02x} id={cap:02x}");
+        }
+    }
+}
+
+/// The first function with this vendor and device id.
+pub fn find(vendor: u16, device: u16) -> Option<Slot> {
+    (0..32)
+        .map(Slot)
+        .find(|s| s.read32(VENDOR_ID) == (u32::from(device) << 16 | u32::from(vendor)))
+}
