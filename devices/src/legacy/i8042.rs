@@ -22,6 +22,8 @@ const STATUS_OBF: u8 = 1 << 0;
 const STATUS_SYS: u8 = 1 << 2;
 /// The last write went to the command port.
 const STATUS_CMD_LAST: u8 = 1 << 3;
+/// Keyboard not inhibited (the "keylock" switch is open).
+const STATUS_UNLOCKED: u8 = 1 << 4;
 
 const CTR_KBD_INT: u8 = 1 << 0;
 const CTR_SYS: u8 = 1 << 2;
@@ -56,7 +58,7 @@ impl I8042 {
     pub fn new(irq: Option<EventFd>, control: VmControl) -> Self {
         Self {
             ctr: CTR_KBD_INT | CTR_SYS | CTR_AUX_DISABLED | CTR_XLATE,
-            status_extra: STATUS_SYS,
+            status_extra: STATUS_SYS | STATUS_UNLOCKED,
             out: VecDeque::new(),
             pending: Pending::Keyboard,
             irq,

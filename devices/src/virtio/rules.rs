@@ -91,6 +91,22 @@ impl fmt::Display for Rule {
     }
 }
 
+/// The rules as a Markdown table, the body of `docs/strict-checks.md`.
+pub fn markdown_table() -> String {
+    let mut s = String::from(
+        "| # | rule | virtio 1.0 section | what the driver must (not) do |\n|---|---|---|---|\n",
+    );
+    for (i, r) in Rule::ALL.iter().enumerate() {
+        s.push_str(&format!(
+            "| {} | `{r:?}` | §{} | {} |\n",
+            i + 1,
+            r.section(),
+            r.text()
+        ));
+    }
+    s
+}
+
 /// A rule broken by a particular driver on a particular device.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Violation {
@@ -150,6 +166,23 @@ mod tests {
         for r in Rule::ALL {
             assert!(!r.section().is_empty() && r.text().len() > 10, "{r:?}");
         }
+    }
+
+    /// `docs/strict-checks.md` must list exactly the rules in the table;
+    /// run with `UPDATE_DOCS=1` to rewrite its table.
+    #[test]
+    fn docs_list_every_rule() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/strict-checks.md");
+        let doc = std::fs::read_to_string(path).unwrap_or_default();
+        let (head, _) = doc.split_once("<!-- rules -->").unwrap_or((&doc, ""));
+        let want = format!("{head}<!-- rules -->\n{}", markdown_table());
+        if std::env::var_os("UPDATE_DOCS").is_some() {
+            std::fs::write(path, &want).unwrap();
+        }
+        assert_eq!(
+            doc, want,
+            "docs/strict-checks.md is stale: run UPDATE_DOCS=1 cargo test -p devices"
+        );
     }
 
     #[test]

@@ -16,10 +16,13 @@
 pub mod boot;
 pub mod cmdline;
 pub mod mem;
+pub mod pci;
 pub mod port;
 pub mod power;
 pub mod scenarios;
 pub mod serial;
+pub mod virtio;
+pub mod virtio_scenarios;
 
 use core::panic::PanicInfo;
 

@@ -4,7 +4,7 @@
 //! Output protocol (one line each, on COM1): `GUEST-TEST-START` first,
 //! `GUEST-TEST-END` when a scenario finished normally, `GUEST-PANIC ...`
 //! when it did not. To add a scenario, write a `fn(&Cmdline) -> !` and list
-//! it in [`SCENARIOS`].
+//! it in [`SCENARIOS`]; the virtio ones live in [`crate::virtio_scenarios`].
 
 use crate::cmdline::Cmdline;
 use crate::power;
@@ -26,10 +26,12 @@ pub const SCENARIOS: &[(&str, Scenario)] = &[
 /// Runs the scenario the command line names.
 pub fn run(cmdline: &Cmdline) -> ! {
     let name = cmdline.get("scenario").unwrap_or(DEFAULT);
-    match SCENARIOS.iter().find(|(n, _)| *n == name) {
-        Some((_, f)) => f(cmdline),
-        None => panic!("unknown scenario {name:?}"),
+    if let Some((_, f)) = SCENARIOS.iter().find(|(n, _)| *n == name) {
+        f(cmdline)
     }
+    // virtio-rng and the bad-* driver scenarios.
+    crate::virtio_scenarios::run(name, cmdline);
+    panic!("unknown scenario {name:?}")
 }
 
 /// Ends a scenario that succeeded.

@@ -16,7 +16,7 @@
 //! enabled queues get ioeventfds on their notify addresses and one
 //! [`Worker`] thread each; a reset stops and joins them.
 
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 
 use vmm_sys_util::eventfd::EventFd;
@@ -66,6 +66,32 @@ mod common {
     pub const QUEUE_ENABLE: u64 = 0x1c;
     pub const QUEUE_NOTIFY_OFF: u64 = 0x1e;
 
+    /// The field's name, for `--verbose` traces.
+    pub fn name(offset: u64) -> &'static str {
+        match offset {
+            0x00 => "device_feature_select",
+            0x04 => "device_feature",
+            0x08 => "driver_feature_select",
+            0x0c => "driver_feature",
+            0x10 => "msix_config",
+            0x12 => "num_queues",
+            0x14 => "device_status",
+            0x15 => "config_generation",
+            0x16 => "queue_select",
+            0x18 => "queue_size",
+            0x1a => "queue_msix_vector",
+            0x1c => "queue_enable",
+            0x1e => "queue_notify_off",
+            0x20 => "queue_desc_lo",
+            0x24 => "queue_desc_hi",
+            0x28 => "queue_driver_lo",
+            0x2c => "queue_driver_hi",
+            0x30 => "queue_device_lo",
+            0x34 => "queue_device_hi",
+            _ => "?",
+        }
+    }
+
     /// The field containing `offset`: (start, width in bytes, writable).
     pub fn field(offset: u64) -> Option<(u64, usize, bool)> {
         Some(match offset {
@@ -99,6 +125,10 @@ struct QueueRegs {
     desc: u64,
     avail: u64,
     used: u64,
+    /// Which of desc/avail/used the driver wrote (bits 0, 1, 2): enabling
+    /// a queue whose rings were never placed is a driver bug even when
+    /// the reset values happen to be valid addresses.
+    written: u8,
 }
 
 impl QueueRegs {
@@ -111,6 +141,7 @@ impl QueueRegs {
             desc: 0,
             avail: 0,
             used: 0,
+            written: 0,
         }
     }
 }
@@ -126,6 +157,9 @@ pub struct ModernTransport {
     pci_cfg_cap: usize,
     msix: Arc<Mutex<Msix>>,
     isr: Arc<AtomicU8>,
+    /// DEVICE_NEEDS_RESET, shared with the workers so a rule broken on a
+    /// queue (under `--lenient`) shows in the status the driver reads.
+    needs_reset: Arc<AtomicBool>,
     interrupt: Option<Arc<Interrupt>>,
     device_feature_select: u32,
     driver_feature_select: u32,
@@ -215,6 +249,7 @@ impl ModernTransport {
             pci_cfg_cap,
             msix: Arc::new(Mutex::new(Msix::new(vectors))),
             isr: Arc::new(AtomicU8::new(0)),
+            needs_reset: Arc::new(AtomicBool::new(false)),
             interrupt: None,
             device_feature_select: 0,
             driver_feature_select: 0,
@@ -263,7 +298,7 @@ impl ModernTransport {
     fn raise(&mut self, v: Violation) {
         self.hooks.report(&v);
         if self.hooks.lenient() {
-            self.status |= status::DEVICE_NEEDS_RESET;
+            self.needs_reset.store(true, Ordering::SeqCst);
             if let Some(i) = &self.interrupt {
                 i.signal(self.msix_config, ISR_CONFIG);
             }
@@ -306,7 +341,7 @@ impl ModernTransport {
             },
             common::MSIX_CONFIG => u64::from(self.msix_config),
             common::NUM_QUEUES => self.queues.len() as u64,
-            common::DEVICE_STATUS => u64::from(self.status),
+            common::DEVICE_STATUS => u64::from(self.status()),
             common::CONFIG_GENERATION => 0,
             common::QUEUE_SELECT => u64::from(self.queue_select),
             common::QUEUE_NOTIFY_OFF => q.map_or(0, |q| q as u64),
@@ -328,12 +363,14 @@ impl ModernTransport {
         };
         let bytes = v.to_le_bytes();
         data.copy_from_slice(&bytes[..data.len()]);
+        log::debug!("{}: read {} = {v:#x}", self.label, common::name(field));
     }
 
     fn write_common(&mut self, field: u64, data: &[u8]) {
         let mut b = [0u8; 8];
         b[..data.len()].copy_from_slice(data);
         let v = u64::from_le_bytes(b);
+        log::debug!("{}: write {} = {v:#x}", self.label, common::name(field));
         match field {
             common::DEVICE_FEATURE_SELECT => self.device_feature_select = v as u32,
             common::DRIVER_FEATURE_SELECT => self.driver_feature_select = v as u32,
@@ -423,11 +460,20 @@ impl ModernTransport {
             }
             common::QUEUE_MSIX_VECTOR => self.queues[q].vector = self.checked_vector(v as u16),
             common::QUEUE_ENABLE => self.enable_queue(q, v),
-            0x20 => self.queues[q].desc = lo(self.queues[q].desc),
+            0x20 => {
+                self.queues[q].desc = lo(self.queues[q].desc);
+                self.queues[q].written |= 1;
+            }
             0x24 => self.queues[q].desc = hi(self.queues[q].desc),
-            0x28 => self.queues[q].avail = lo(self.queues[q].avail),
+            0x28 => {
+                self.queues[q].avail = lo(self.queues[q].avail);
+                self.queues[q].written |= 2;
+            }
             0x2c => self.queues[q].avail = hi(self.queues[q].avail),
-            0x30 => self.queues[q].used = lo(self.queues[q].used),
+            0x30 => {
+                self.queues[q].used = lo(self.queues[q].used);
+                self.queues[q].written |= 4;
+            }
             0x34 => self.queues[q].used = hi(self.queues[q].used),
             _ => {}
         }
@@ -441,6 +487,21 @@ impl ModernTransport {
             );
         }
         let r = self.queues[q];
+        if r.written != 0b111 {
+            return self.violate(
+                Rule::QueueEnabledIncomplete,
+                format!(
+                    "queue {q} enabled without its {}",
+                    ["descriptor table", "driver area", "device area"]
+                        .iter()
+                        .enumerate()
+                        .filter(|(i, _)| r.written & (1 << i) == 0)
+                        .map(|(_, n)| *n)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            );
+        }
         let mem = self.hooks.memory();
         match CheckedQueue::new(
             q as u16,
@@ -463,8 +524,17 @@ impl ModernTransport {
         }
     }
 
+    /// The status the driver reads.
+    fn status(&self) -> u8 {
+        if self.needs_reset.load(Ordering::SeqCst) {
+            self.status | status::DEVICE_NEEDS_RESET
+        } else {
+            self.status
+        }
+    }
+
     fn write_status(&mut self, new: u8) {
-        let old = self.status;
+        let old = self.status();
         if new == 0 {
             log::debug!("{}: reset by the driver", self.label);
             return self.reset();
@@ -498,8 +568,11 @@ impl ModernTransport {
                 format!("status {old:#04x} -> {new:#04x}"),
             );
         }
-        self.status = new | (old & status::DEVICE_NEEDS_RESET);
+        self.status = new & !status::DEVICE_NEEDS_RESET;
         if added & status::FEATURES_OK != 0 {
+            // A feature set we cannot accept leaves FEATURES_OK clear, so
+            // a lenient run's driver sees the refusal (§2.2.2).
+            self.status &= !status::FEATURES_OK;
             let extra = self.driver_features & !self.offered();
             if extra != 0 {
                 return self.violate(
@@ -520,6 +593,7 @@ impl ModernTransport {
                     ),
                 );
             }
+            self.status |= status::FEATURES_OK;
             log::debug!(
                 "{}: features negotiated: {:#x}",
                 self.label,
@@ -574,6 +648,9 @@ impl ModernTransport {
             }
             let sink_hooks = hooks.clone();
             let sink_label = label.clone();
+            let sink_reset = self.needs_reset.clone();
+            let sink_irq = interrupt.clone();
+            let config_vector = self.msix_config;
             let setup = WorkerSetup {
                 name: format!("{}-q{q}", self.device.name()),
                 queue,
@@ -585,10 +662,10 @@ impl ModernTransport {
                 vector: r.vector,
                 interrupt: interrupt.clone(),
                 violations: Arc::new(move |v: Violation| {
-                    let v = v.on_device(sink_label.clone());
-                    sink_hooks.report(&v);
+                    sink_hooks.report(&v.on_device(sink_label.clone()));
                     if lenient {
-                        log::warn!("{v} (lenient: queue stopped)");
+                        sink_reset.store(true, Ordering::SeqCst);
+                        sink_irq.signal(config_vector, ISR_CONFIG);
                     }
                 }),
                 mem: mem.clone(),
@@ -617,6 +694,7 @@ impl ModernTransport {
         }
         self.device.reset();
         self.status = 0;
+        self.needs_reset.store(false, Ordering::SeqCst);
         self.driver_features = 0;
         self.device_feature_select = 0;
         self.driver_feature_select = 0;
@@ -768,6 +846,7 @@ impl PciFunction for ModernTransport {
             return self.pci_cfg_access(data, None);
         }
         self.config.read(offset, data);
+        log::debug!("{}: config read {offset:#04x} = {data:02x?}", self.label);
     }
 
     fn config_write(&mut self, offset: usize, data: &[u8]) {
@@ -776,6 +855,7 @@ impl PciFunction for ModernTransport {
             let mut scratch = [0u8; 4];
             return self.pci_cfg_access(&mut scratch[..data.len()], Some(data));
         }
+        log::debug!("{}: config write {offset:#04x} = {data:02x?}", self.label);
         self.config.write(offset, data);
         // The MSI-X message control word follows the capability header.
         let mx = self.msix_cap_offset();
