@@ -43,6 +43,11 @@ pub struct Cli {
     #[arg(long, value_name = "N", default_value_t = 1, value_parser = parse_cpus)]
     pub cpus: u8,
 
+    /// A virtio-blk disk backed by FILE; repeatable (vda, vdb, ... in order).
+    /// `,ro` makes it read-only, `,serial=ID` sets what GET_ID returns.
+    #[arg(long = "block", value_name = "FILE[,ro][,serial=ID]", value_parser = parse_block)]
+    pub blocks: Vec<BlockArg>,
+
     /// Add a virtio-rng device fed from the host's getrandom.
     #[arg(long)]
     pub rng: bool,
@@ -57,6 +62,44 @@ pub struct Cli {
     pub verbose: u8,
 }
 
+/// One `--block` argument.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BlockArg {
+    pub path: PathBuf,
+    pub read_only: bool,
+    pub serial: Option<String>,
+}
+
+fn parse_block(s: &str) -> Result<BlockArg, String> {
+    let mut parts = s.split(',');
+    let path = parts
+        .next()
+        .filter(|p| !p.is_empty())
+        .ok_or("--block needs a file name")?;
+    let mut arg = BlockArg {
+        path: PathBuf::from(path),
+        read_only: false,
+        serial: None,
+    };
+    for opt in parts {
+        match opt.split_once('=') {
+            None if opt == "ro" => arg.read_only = true,
+            Some(("serial", id)) if !id.is_empty() && id.len() <= 20 => {
+                arg.serial = Some(id.to_string())
+            }
+            Some(("serial", _)) => {
+                return Err(format!("serial '{opt}' must be 1 to 20 characters"))
+            }
+            _ => {
+                return Err(format!(
+                    "unknown --block option '{opt}' (known: ro, serial=ID)"
+                ))
+            }
+        }
+    }
+    Ok(arg)
+}
+
 /// Everything needed to build and run one VM, checked for consistency.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VmConfig {
@@ -66,6 +109,7 @@ pub struct VmConfig {
     /// What the user asked for; host workarounds are appended later.
     pub cmdline: String,
     pub cpus: u8,
+    pub blocks: Vec<BlockArg>,
     pub rng: bool,
     pub lenient: bool,
 }
@@ -78,6 +122,7 @@ impl From<Cli> for VmConfig {
             initrd: cli.initrd,
             cmdline: cli.kernel_args.join(" "),
             cpus: cli.cpus,
+            blocks: cli.blocks,
             rng: cli.rng,
             lenient: cli.lenient,
         }
@@ -137,6 +182,44 @@ mod tests {
         .unwrap();
         assert_eq!(c.cmdline, "root=/dev/vda ro quiet");
         assert_eq!(c.cpus, 2);
+    }
+
+    #[test]
+    fn block_options() {
+        let c = parse(&[
+            "64",
+            "k",
+            "--block",
+            "a.img",
+            "--block",
+            "b.img,ro,serial=disk2",
+        ])
+        .unwrap();
+        assert_eq!(c.blocks.len(), 2);
+        assert_eq!(
+            c.blocks[0],
+            BlockArg {
+                path: "a.img".into(),
+                read_only: false,
+                serial: None
+            }
+        );
+        assert_eq!(
+            c.blocks[1],
+            BlockArg {
+                path: "b.img".into(),
+                read_only: true,
+                serial: Some("disk2".into())
+            }
+        );
+        let e = parse(&["64", "k", "--block", "a.img,rw"])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("unknown --block option 'rw'"), "{e}");
+        let e = parse(&["64", "k", "--block", ",ro"])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("needs a file name"), "{e}");
     }
 
     #[test]

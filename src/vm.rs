@@ -72,6 +72,9 @@ impl Vm {
 
         let vm = Arc::new(kvm.create_vm().map_err(Error::kvm("create a VM"))?);
         register_memory(&vm, &mem, config.mem_mb)?;
+        for (start, len) in layout.ram_ranges() {
+            log::debug!("guest RAM {:#x}..{:#x}", start.0, start.0 + *len as u64);
+        }
         vm.set_tss_address(KVM_TSS_ADDR)
             .map_err(Error::kvm("place its TSS"))?;
         vm.create_irq_chip()

@@ -123,3 +123,15 @@ fn port_io_from_ring_3_works_and_is_timed() {
     assert_powered_off(&mut g);
     eprintln!("pio-bench: {line} (whole run {:?})", t.elapsed());
 }
+
+/// Memory beyond the 3 GiB MMIO hole goes above 4 GiB: a 5000 MB guest is
+/// built (two RAM slots around the hole), boots and powers off.
+#[test]
+fn a_5000_mb_guest_boots_with_ram_above_4_gib() {
+    let elf = test_guest::path();
+    let mut g = Guest::start(&["5000", elf.to_str().unwrap(), "scenario=hello", "-v"]);
+    g.wait_for("guest RAM 0x0..0xc0000000", TIMEOUT);
+    g.wait_for("guest RAM 0x100000000..0x178800000", TIMEOUT);
+    g.wait_for("GUEST-TEST-END", TIMEOUT);
+    assert_powered_off(&mut g);
+}
