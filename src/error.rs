@@ -35,6 +35,8 @@ pub enum Error {
     },
     #[error("--cpus {asked}: this host's KVM runs at most {max} vCPUs per VM")]
     TooManyCpus { asked: u8, max: usize },
+    #[error("{0}")]
+    Block(#[from] devices::virtio::block::BlockError),
     #[error("too many PCI devices: bus 0 has 32 slots")]
     PciFull,
     #[error("cannot place a device: {0}")]

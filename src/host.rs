@@ -67,10 +67,27 @@ impl Host {
         Self { kind }
     }
 
-    /// Arguments to append to the guest's command line on this host.
-    pub fn extra_cmdline(&self) -> Option<&'static str> {
+    /// Arguments to append to the guest's command line on this host, for
+    /// a guest with `cpus` vCPUs whose TSC runs at `tsc_khz` (if known).
+    ///
+    /// With more than one vCPU Linux uses KVM's paravirtual hypercalls
+    /// (`vmcall` for PV IPIs and spinlock kicks), and on this host a
+    /// hypercall from emulated ring 0 never completes: the secondary CPU
+    /// was seen stuck in `kvm_hypercall4` from `__send_ipi_mask` while the
+    /// boot CPU spun in `queued_spin_lock_slowpath`. `nopv` keeps Linux off
+    /// every KVM PV interface; it also loses kvmclock, and the PIT
+    /// calibration of the TSC fails under emulation, so the TSC frequency
+    /// is given outright.
+    pub fn extra_cmdline(&self, cpus: u8, tsc_khz: Option<u32>) -> Option<String> {
         match self.kind {
-            HostKind::NestedPvm => Some(PVM_CMDLINE),
+            HostKind::NestedPvm if cpus > 1 => {
+                let mut s = format!("{PVM_CMDLINE} nopv");
+                if let Some(khz) = tsc_khz {
+                    s.push_str(&format!(" tsc_early_khz={khz}"));
+                }
+                Some(s)
+            }
+            HostKind::NestedPvm => Some(PVM_CMDLINE.to_string()),
             HostKind::Hardware => None,
         }
     }
@@ -84,6 +101,7 @@ impl Host {
                     "host: nested paging-based KVM (kvm_pvm): guest kernel code is emulated"
                 );
                 log::debug!("host: appending to the kernel command line: {PVM_CMDLINE}");
+                log::debug!("host: with more than one vCPU also 'nopv' (KVM hypercalls hang here) and the TSC frequency");
                 log::debug!(
                     "host: will finish int3 (inject #BP), clac/stac and fwait for the guest"
                 );
@@ -190,7 +208,13 @@ mod tests {
             kind: HostKind::Hardware,
         };
         assert_eq!(hw.fix_emulation_failure(&regs, &[0xcc]), Fix::Unknown);
-        assert_eq!(hw.extra_cmdline(), None);
+        assert_eq!(hw.extra_cmdline(2, Some(1000)), None);
+        assert_eq!(
+            pvm().extra_cmdline(1, Some(1000)).as_deref(),
+            Some(PVM_CMDLINE)
+        );
+        let smp = pvm().extra_cmdline(2, Some(2_445_000)).unwrap();
+        assert!(smp.ends_with(" nopv tsc_early_khz=2445000"), "{smp}");
     }
 
     #[test]

@@ -14,6 +14,7 @@ use std::sync::{Arc, Mutex};
 
 use devices::legacy::{ports, Cmos, InputSink, PowerManagement, SerialPort, I8042};
 use devices::pci::{self, HostBridge, PciRoot};
+use devices::virtio::block::{Block, BlockConfig};
 use devices::virtio::console::{Console, InputQueue};
 use devices::virtio::rng::Rng;
 use devices::virtio::transport::modern::{self, ModernBar, ModernFunction, ModernTransport};
@@ -85,8 +86,15 @@ impl Vm {
         };
         vm.create_pit2(pit).map_err(Error::kvm("create the PIT"))?;
 
-        let cmdline = match host.extra_cmdline() {
-            Some(extra) if config.cmdline.is_empty() => extra.to_string(),
+        let vcpu_fds = (0..config.cpus)
+            .map(|id| {
+                vm.create_vcpu(id.into())
+                    .map_err(Error::kvm("create a vCPU"))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let tsc_khz = vcpu_fds.first().and_then(|fd| fd.get_tsc_khz().ok());
+        let cmdline = match host.extra_cmdline(config.cpus, tsc_khz) {
+            Some(extra) if config.cmdline.is_empty() => extra,
             Some(extra) => format!("{} {extra}", config.cmdline),
             None => config.cmdline.clone(),
         };
@@ -146,6 +154,20 @@ impl Vm {
             console_input.clone(),
             Box::new(std::io::stdout()),
         ))];
+        for b in &config.blocks {
+            let disk = Block::open(BlockConfig {
+                path: b.path.clone(),
+                read_only: b.read_only,
+                serial: b.serial.clone(),
+            })?;
+            log::debug!(
+                "block: {} ({} sectors{})",
+                b.path.display(),
+                disk.capacity(),
+                if b.read_only { ", read-only" } else { "" }
+            );
+            virtio.push(Box::new(disk));
+        }
         if config.rng {
             virtio.push(Box::new(Rng));
         }
@@ -193,10 +215,7 @@ impl Vm {
             .get_supported_cpuid(kvm_bindings::KVM_MAX_CPUID_ENTRIES)
             .map_err(Error::kvm("report its CPUID"))?;
         let mut vcpus = Vec::with_capacity(config.cpus.into());
-        for id in 0..config.cpus {
-            let fd = vm
-                .create_vcpu(id.into())
-                .map_err(Error::kvm("create a vCPU"))?;
+        for (id, fd) in (0..config.cpus).zip(vcpu_fds) {
             vcpu::configure(&fd, id, config.cpus, &base_cpuid, &mem, &boot)?;
             vcpus.push(Vcpu {
                 fd,

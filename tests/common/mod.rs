@@ -5,7 +5,7 @@
 
 #![allow(dead_code)]
 
-use std::io::{BufRead, BufReader, Read};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Condvar, Mutex};
@@ -68,6 +68,14 @@ impl Guest {
     pub fn start(args: &[&str]) -> Guest {
         let mut cmd = launcher();
         cmd.args(args);
+        Self::spawn(cmd)
+    }
+
+    /// Like [`Guest::start`], with the launcher's stdin a pipe that
+    /// [`Guest::write_stdin`] writes to.
+    pub fn start_with_stdin(args: &[&str]) -> Guest {
+        let mut cmd = launcher();
+        cmd.stdin(Stdio::piped()).args(args);
         Self::spawn(cmd)
     }
 
@@ -171,6 +179,25 @@ impl Guest {
         }
     }
 
+    /// Writes `bytes` to the launcher's stdin, which must have been
+    /// spawned as `Stdio::piped()`, and flushes.
+    pub fn write_stdin(&mut self, bytes: &[u8]) {
+        let stdin = self
+            .child
+            .stdin
+            .as_mut()
+            .expect("the launcher's stdin is not a pipe");
+        stdin
+            .write_all(bytes)
+            .and_then(|()| stdin.flush())
+            .expect("cannot write to the launcher's stdin");
+    }
+
+    /// Closes the launcher's stdin pipe (end of file for the launcher).
+    pub fn close_stdin(&mut self) {
+        drop(self.child.stdin.take());
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
@@ -178,6 +205,16 @@ impl Guest {
     /// Everything printed so far, stderr lines marked.
     pub fn output(&self) -> String {
         dump(&self.out.0.lock().unwrap().lines)
+    }
+
+    /// Everything printed on stdout so far.
+    pub fn stdout(&self) -> String {
+        let out = self.out.0.lock().unwrap();
+        out.lines
+            .iter()
+            .filter(|(e, _)| !*e)
+            .map(|(_, l)| format!("{l}\n"))
+            .collect()
     }
 
     pub fn stderr(&self) -> String {

@@ -1,9 +1,11 @@
 //! virtio: devices, the transports that expose them over PCI, the checked
 //! virtqueue layer, per-queue workers, and the table of strict rules.
 
+pub mod block;
 pub mod console;
 pub mod device;
 pub mod interrupt;
+pub mod net;
 pub mod queue;
 pub mod rng;
 pub mod rules;

@@ -15,6 +15,7 @@
 
 pub mod boot;
 pub mod cmdline;
+pub mod console_scenarios;
 pub mod mem;
 pub mod pci;
 pub mod port;

@@ -4,7 +4,8 @@
 //! Output protocol (one line each, on COM1): `GUEST-TEST-START` first,
 //! `GUEST-TEST-END` when a scenario finished normally, `GUEST-PANIC ...`
 //! when it did not. To add a scenario, write a `fn(&Cmdline) -> !` and list
-//! it in [`SCENARIOS`]; the virtio ones live in [`crate::virtio_scenarios`].
+//! it in [`SCENARIOS`]; the virtio ones live in [`crate::virtio_scenarios`]
+//! (virtio-rng) and [`crate::console_scenarios`] (virtio-console).
 
 use crate::cmdline::Cmdline;
 use crate::power;
@@ -21,6 +22,7 @@ pub const SCENARIOS: &[(&str, Scenario)] = &[
     ("fault", fault),
     ("panic", panic),
     ("pio-bench", pio_bench),
+    ("wait-forever", wait_forever),
 ];
 
 /// Runs the scenario the command line names.
@@ -29,8 +31,9 @@ pub fn run(cmdline: &Cmdline) -> ! {
     if let Some((_, f)) = SCENARIOS.iter().find(|(n, _)| *n == name) {
         f(cmdline)
     }
-    // virtio-rng and the bad-* driver scenarios.
+    // virtio-rng and the bad-* driver scenarios, then the virtio console's.
     crate::virtio_scenarios::run(name, cmdline);
+    crate::console_scenarios::run(name, cmdline);
     panic!("unknown scenario {name:?}")
 }
 
@@ -75,6 +78,16 @@ fn fault(_: &Cmdline) -> ! {
 fn panic(_: &Cmdline) -> ! {
     println!("GUEST-TEST-START");
     panic!("requested")
+}
+
+/// Prints `GUEST-TEST-START` and `GUEST-WAITING`, then spins in ring 3
+/// (a `pause` loop) until the launcher is stopped from outside.
+fn wait_forever(_: &Cmdline) -> ! {
+    println!("GUEST-TEST-START");
+    println!("GUEST-WAITING");
+    loop {
+        core::hint::spin_loop();
+    }
 }
 
 /// `count=N` (default 10000) reads of the COM1 line-status register, timed

@@ -22,6 +22,8 @@ use crate::println;
 pub const VENDOR: u16 = 0x1af4;
 /// 0x1040 + device type 4 (entropy source).
 pub const RNG_DEVICE: u16 = 0x1044;
+/// 0x1040 + device type 3 (console).
+pub const CONSOLE_DEVICE: u16 = 0x1043;
 
 /// Device status bits (§2.1).
 pub mod status {
@@ -137,8 +139,12 @@ impl<const N: usize> Default for Pages<N> {
     }
 }
 
-/// Queue rings: descriptors at +0, available ring at +0x1000, used at +0x2000.
-static RING: Pages<0x3000> = Pages::new();
+/// The size of one queue's ring area: descriptors at +0, available ring at
+/// +0x1000, used ring at +0x2000 (room for 256 entries each).
+pub const RING_BYTES: usize = 0x3000;
+
+/// The rings of the queue [`Vq::new`] sets up.
+static RING: Pages<RING_BYTES> = Pages::new();
 /// Buffers handed to the device (and an indirect table).
 static BUFFERS: Pages<0x2000> = Pages::new();
 
@@ -394,11 +400,20 @@ pub struct Vq {
 }
 
 impl Vq {
-    /// Queue `index` of `size` entries in freshly zeroed memory.
+    /// Queue `index` of `size` entries in freshly zeroed memory (the rings
+    /// in [`RING`]; [`buffer`]s zeroed too).
     pub fn new(index: u16, size: u16) -> Vq {
-        RING.clear();
         BUFFERS.clear();
-        let base = RING.addr();
+        Vq::at(index, size, RING.addr())
+    }
+
+    /// Queue `index` of `size` entries with its rings in the page-aligned
+    /// area of [`RING_BYTES`] at `base`, zeroed here; for drivers with more
+    /// than one queue, or a second set of rings.
+    pub fn at(index: u16, size: u16, base: u64) -> Vq {
+        for i in (0..RING_BYTES as u64).step_by(8) {
+            write64(base + i, 0);
+        }
         let vq = Vq {
             index,
             size,
@@ -436,16 +451,24 @@ impl Vq {
     /// bounded spin.
     pub fn wait_used(&mut self) -> Option<(u32, u32)> {
         for _ in 0..USED_SPINS {
-            if read16(self.used + 2) != self.last_used {
-                fence(Ordering::SeqCst);
-                let slot = u64::from(self.last_used % self.size);
-                let e = self.used + 4 + 8 * slot;
-                self.last_used = self.last_used.wrapping_add(1);
-                return Some((read32(e), read32(e + 4)));
+            if let Some(e) = self.poll_used() {
+                return Some(e);
             }
             core::hint::spin_loop();
         }
         None
+    }
+
+    /// The next used entry (id, len) if the device has published one.
+    pub fn poll_used(&mut self) -> Option<(u32, u32)> {
+        if read16(self.used + 2) == self.last_used {
+            return None;
+        }
+        fence(Ordering::SeqCst);
+        let slot = u64::from(self.last_used % self.size);
+        let e = self.used + 4 + 8 * slot;
+        self.last_used = self.last_used.wrapping_add(1);
+        Some((read32(e), read32(e + 4)))
     }
 }
 

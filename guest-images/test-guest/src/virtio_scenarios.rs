@@ -15,8 +15,8 @@ use crate::pci;
 use crate::power;
 use crate::scenarios::{finish, rdtsc, Scenario};
 use crate::virtio::{
-    self, buffer, common, status, Device, Vq, DESC_INDIRECT, DESC_NEXT, DESC_WRITE, F_VERSION_1,
-    RNG_DEVICE,
+    self, buffer, common, status, Device, Pages, Vq, DESC_INDIRECT, DESC_NEXT, DESC_WRITE,
+    F_VERSION_1, RING_BYTES, RNG_DEVICE,
 };
 use crate::{print, println};
 
@@ -29,7 +29,10 @@ const NOT_RAM: u64 = 0x10_0000_0000;
 /// Status reads to wait for DEVICE_NEEDS_RESET after misbehaving.
 const SETTLE_READS: u32 = 20_000;
 
-pub const SCENARIOS: &[(&str, Scenario)] = &[("virtio-rng", rng)];
+pub const SCENARIOS: &[(&str, Scenario)] = &[("virtio-rng", rng), ("virtio-rng-reset", rng_reset)];
+
+/// The second set of rings `virtio-rng-reset` uses after its reset.
+static RING2: Pages<RING_BYTES> = Pages::new();
 
 /// A misbehaviour: sets the device up as far as needed, breaks one rule,
 /// and returns the device so the status can be reported.
@@ -184,6 +187,40 @@ fn rng(_: &Cmdline) -> ! {
     print_hex(&b);
     println!();
     println!("GUEST-RNG-TSC {cycles}");
+    println!("GUEST-STATUS {:#04x}", d.status());
+    if a == b {
+        fail("the two random reads are equal");
+    }
+    finish()
+}
+
+/// A driver that resets the device between two reads (§4.1.4.3.2): 32
+/// bytes, status 0 (which must read back 0 with queue 0 disabled), a
+/// second initialisation from scratch with new rings, 32 bytes again.
+fn rng_reset(_: &Cmdline) -> ! {
+    let (d, mut vq) = ready();
+    let a = read_random(&d, &mut vq, 0);
+    d.set_status(0);
+    let s = d.status();
+    d.w16(common::QUEUE_SELECT, 0);
+    let enabled = d.r16(common::QUEUE_ENABLE);
+    println!("GUEST-RNG-AFTER-RESET status={s:#04x} queue_enable={enabled}");
+    if s != 0 {
+        fail("device_status is not 0 after the reset");
+    }
+    if enabled != 0 {
+        fail("queue 0 still enabled after the reset");
+    }
+    d.init();
+    let mut vq2 = Vq::at(0, QSIZE, RING2.addr());
+    d.setup_queue(&mut vq2);
+    d.driver_ok();
+    let b = read_random(&d, &mut vq2, 2);
+    print!("GUEST-RNG-RESET a=");
+    print_hex(&a);
+    print!(" b=");
+    print_hex(&b);
+    println!();
     println!("GUEST-STATUS {:#04x}", d.status());
     if a == b {
         fail("the two random reads are equal");

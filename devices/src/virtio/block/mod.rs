@@ -1,0 +1,259 @@
+//! virtio-blk (device type 2, virtio 1.0 §5.2): a guest disk backed by a
+//! host file (or block device) named on the command line.
+//!
+//! This module says who the device is: it opens the backing file at
+//! startup (so a missing or unwritable image is reported before the guest
+//! runs), works out the capacity, and serves the feature bits and the
+//! `struct virtio_blk_config` the driver reads. What a request on the
+//! single request queue means — reads, writes, flushes, GET_ID, discard,
+//! write-zeroes, and which malformed requests are driver bugs — lives in
+//! `handler.rs`, which moves data between guest RAM and the file with
+//! positional I/O (`pread`/`pwrite`) on the worker thread.
+
+mod handler;
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, Seek, SeekFrom};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use thiserror::Error;
+use virtio_bindings::bindings::virtio_blk::{
+    VIRTIO_BLK_F_BLK_SIZE, VIRTIO_BLK_F_DISCARD, VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_RO,
+    VIRTIO_BLK_F_SEG_MAX, VIRTIO_BLK_F_SIZE_MAX, VIRTIO_BLK_F_WRITE_ZEROES, VIRTIO_BLK_ID_BYTES,
+};
+
+use super::device::{feature, QueueHandler, VirtioDevice};
+use handler::{BlockQueue, Disk};
+
+/// The unit of `capacity` and of request sectors, whatever `blk_size` says.
+pub const SECTOR_SIZE: u64 = 512;
+/// The one request queue's maximum size.
+pub const QUEUE_SIZE: u16 = 256;
+/// Data buffers per request: the queue size less header and status.
+pub const SEG_MAX: u32 = QUEUE_SIZE as u32 - 2;
+/// Largest single data buffer the driver should build (advisory: larger
+/// ones are still served, in bounce-buffer-sized pieces).
+pub const SIZE_MAX: u32 = 1 << 20;
+/// Sectors one discard or write-zeroes segment may cover (2 GiB).
+pub const MAX_DISCARD_SECTORS: u32 = 1 << 22;
+/// Segments per discard or write-zeroes request.
+pub const MAX_DISCARD_SEG: u32 = 1;
+/// Discard granularity hint in sectors: 4 KiB, the usual host block size,
+/// so punched holes free whole blocks.
+pub const DISCARD_SECTOR_ALIGNMENT: u32 = 8;
+/// Length of `struct virtio_blk_config` up to `write_zeroes_may_unmap`
+/// and its padding; reads beyond it return zeros.
+const CONFIG_LEN: usize = 60;
+/// Bytes of the GET_ID string.
+const ID_LEN: usize = VIRTIO_BLK_ID_BYTES as usize;
+
+/// How to attach one disk, as given on the command line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BlockConfig {
+    /// Backing file or host block device.
+    pub path: PathBuf,
+    /// Offer VIRTIO_BLK_F_RO and refuse writes; the file is opened read-only.
+    pub read_only: bool,
+    /// What GET_ID returns (at most 20 bytes are used); by default the
+    /// file's name.
+    pub serial: Option<String>,
+}
+
+/// Why a disk could not be attached; printed by the launcher at startup.
+#[derive(Debug, Error)]
+pub enum BlockError {
+    #[error("disk image {}: cannot open it: {source}", path.display())]
+    Open { path: PathBuf, source: io::Error },
+    /// Readable but not writable: the user probably meant `,ro`.
+    #[error(
+        "disk image {}: cannot open it read-write: {source} (append ,ro to attach it read-only)",
+        path.display()
+    )]
+    OpenReadWrite { path: PathBuf, source: io::Error },
+    #[error("disk image {}: is a directory, not a file or block device", path.display())]
+    Directory { path: PathBuf },
+    #[error("disk image {}: cannot find its size: {source}", path.display())]
+    Size { path: PathBuf, source: io::Error },
+}
+
+/// A virtio-blk device over one open backing file.
+pub struct Block {
+    disk: Arc<Disk>,
+    config: [u8; CONFIG_LEN],
+}
+
+impl Block {
+    /// Opens the backing file (read-write unless `read_only`) and sizes the
+    /// disk from its length, rounded down to whole sectors.
+    pub fn open(cfg: BlockConfig) -> Result<Block, BlockError> {
+        let path = cfg.path;
+        let file = open_file(&path, cfg.read_only)?;
+        let bytes = disk_bytes(&file, &path)?;
+        if bytes % SECTOR_SIZE != 0 {
+            log::warn!(
+                "disk image {}: {bytes} bytes is not a whole number of {SECTOR_SIZE}-byte sectors; the last {} bytes are not visible to the guest",
+                path.display(),
+                bytes % SECTOR_SIZE
+            );
+        }
+        let capacity = bytes / SECTOR_SIZE;
+        let id = serial_id(cfg.serial.as_deref(), &path);
+        log::info!(
+            "virtio-blk: {} ({capacity} sectors{}) serial {:?}",
+            path.display(),
+            if cfg.read_only { ", read-only" } else { "" },
+            String::from_utf8_lossy(&id).trim_end_matches('\0')
+        );
+        Ok(Block {
+            config: config_space(capacity),
+            disk: Arc::new(Disk {
+                file,
+                path,
+                capacity,
+                read_only: cfg.read_only,
+                id,
+            }),
+        })
+    }
+
+    /// Size in 512-byte sectors.
+    pub fn capacity(&self) -> u64 {
+        self.disk.capacity
+    }
+
+    pub fn read_only(&self) -> bool {
+        self.disk.read_only
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.disk.path
+    }
+}
+
+/// Opens the backing file; when read-write fails but read-only works, says
+/// so, since attaching the disk read-only is then the likely fix.
+fn open_file(path: &Path, read_only: bool) -> Result<File, BlockError> {
+    let open = |write| OpenOptions::new().read(true).write(write).open(path);
+    match open(!read_only) {
+        Ok(file) => Ok(file),
+        // Opening a directory read-write fails with EISDIR; say it plainly.
+        Err(_) if path.is_dir() => Err(BlockError::Directory {
+            path: path.to_path_buf(),
+        }),
+        Err(source) if !read_only && open(false).is_ok() => Err(BlockError::OpenReadWrite {
+            path: path.to_path_buf(),
+            source,
+        }),
+        Err(source) => Err(BlockError::Open {
+            path: path.to_path_buf(),
+            source,
+        }),
+    }
+}
+
+/// The backing file's length; seeking to the end also sizes block devices,
+/// whose metadata length is 0.
+fn disk_bytes(file: &File, path: &Path) -> Result<u64, BlockError> {
+    let size_err = |source| BlockError::Size {
+        path: path.to_path_buf(),
+        source,
+    };
+    if file.metadata().map_err(size_err)?.is_dir() {
+        return Err(BlockError::Directory {
+            path: path.to_path_buf(),
+        });
+    }
+    let mut f = file;
+    f.seek(SeekFrom::End(0)).map_err(size_err)
+}
+
+/// The GET_ID string: the given serial or the file name, cut to 20 bytes
+/// and NUL-padded (no terminator when all 20 are used, as the spec says).
+fn serial_id(serial: Option<&str>, path: &Path) -> [u8; ID_LEN] {
+    let src = match serial {
+        Some(s) => s.as_bytes(),
+        None => path.file_name().map(|n| n.as_bytes()).unwrap_or_default(),
+    };
+    if serial.is_some() && src.len() > ID_LEN {
+        log::warn!(
+            "disk image {}: serial {:?} is cut to {ID_LEN} bytes",
+            path.display(),
+            String::from_utf8_lossy(src)
+        );
+    }
+    let mut id = [0u8; ID_LEN];
+    let n = src.len().min(ID_LEN);
+    id[..n].copy_from_slice(&src[..n]);
+    id
+}
+
+/// `struct virtio_blk_config` (virtio 1.0 §5.2.4 and the discard /
+/// write-zeroes fields of 1.1), little-endian.
+fn config_space(capacity: u64) -> [u8; CONFIG_LEN] {
+    let mut c = [0u8; CONFIG_LEN];
+    let mut put = |at: usize, bytes: &[u8]| c[at..at + bytes.len()].copy_from_slice(bytes);
+    put(0, &capacity.to_le_bytes());
+    put(8, &SIZE_MAX.to_le_bytes());
+    put(12, &SEG_MAX.to_le_bytes());
+    // geometry @16: zeros (VIRTIO_BLK_F_GEOMETRY is not offered).
+    put(20, &(SECTOR_SIZE as u32).to_le_bytes());
+    // topology @24: zeros (VIRTIO_BLK_F_TOPOLOGY is not offered).
+    // writeback @32: the host page cache is a write-back cache, which is
+    // why FLUSH is offered; only read with VIRTIO_BLK_F_CONFIG_WCE.
+    put(32, &[1]);
+    put(36, &MAX_DISCARD_SECTORS.to_le_bytes());
+    put(40, &MAX_DISCARD_SEG.to_le_bytes());
+    put(44, &DISCARD_SECTOR_ALIGNMENT.to_le_bytes());
+    put(48, &MAX_DISCARD_SECTORS.to_le_bytes());
+    put(52, &MAX_DISCARD_SEG.to_le_bytes());
+    // write_zeroes_may_unmap @56: an UNMAP write-zeroes may punch a hole.
+    put(56, &[1]);
+    c
+}
+
+impl VirtioDevice for Block {
+    fn device_type(&self) -> u16 {
+        2
+    }
+
+    fn name(&self) -> &'static str {
+        "virtio-blk"
+    }
+
+    fn features(&self) -> u64 {
+        let mut f = [
+            VIRTIO_BLK_F_SIZE_MAX,
+            VIRTIO_BLK_F_SEG_MAX,
+            VIRTIO_BLK_F_BLK_SIZE,
+            VIRTIO_BLK_F_FLUSH,
+            VIRTIO_BLK_F_DISCARD,
+            VIRTIO_BLK_F_WRITE_ZEROES,
+        ]
+        .iter()
+        .fold(0u64, |f, bit| f | 1 << bit);
+        if self.disk.read_only {
+            f |= 1 << VIRTIO_BLK_F_RO;
+        }
+        f | feature::INDIRECT_DESC | feature::EVENT_IDX
+    }
+
+    fn queue_max_sizes(&self) -> &[u16] {
+        &[QUEUE_SIZE]
+    }
+
+    fn read_config(&self, offset: usize, data: &mut [u8]) {
+        for (i, b) in data.iter_mut().enumerate() {
+            *b = offset
+                .checked_add(i)
+                .and_then(|at| self.config.get(at))
+                .copied()
+                .unwrap_or(0);
+        }
+    }
+
+    fn activate(&mut self, features: u64) -> Vec<Box<dyn QueueHandler>> {
+        vec![Box::new(BlockQueue::new(self.disk.clone(), features))]
+    }
+}
