@@ -48,6 +48,13 @@ pub struct Cli {
     #[arg(long = "block", value_name = "FILE[,ro][,serial=ID]", value_parser = parse_block)]
     pub blocks: Vec<BlockArg>,
 
+    /// A virtio-net device on a tap; repeatable. `IPADDR[:MAC]` creates a
+    /// tap with IPADDR/24 on the host side, `bridge:NAME[:MAC]` adds a new
+    /// tap to an existing bridge, `tap:NAME[:MAC]` opens an existing tap
+    /// (no CAP_NET_ADMIN needed).
+    #[arg(long = "tunnet", value_name = "IPADDR[:MAC]|bridge:NAME[:MAC]|tap:NAME[:MAC]", value_parser = parse_tunnet)]
+    pub nets: Vec<NetArg>,
+
     /// Add a virtio-rng device fed from the host's getrandom.
     #[arg(long)]
     pub rng: bool,
@@ -100,6 +107,81 @@ fn parse_block(s: &str) -> Result<BlockArg, String> {
     Ok(arg)
 }
 
+/// Where a `--tunnet` device's tap comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TapSource {
+    /// A new tap whose host side gets this address /24.
+    Address(std::net::Ipv4Addr),
+    /// A new tap added to this existing bridge.
+    Bridge(String),
+    /// An existing tap, opened by name.
+    Existing(String),
+}
+
+/// One `--tunnet` argument.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NetArg {
+    pub source: TapSource,
+    pub mac: Option<[u8; 6]>,
+}
+
+fn parse_mac(s: &str) -> Result<[u8; 6], String> {
+    let bytes: Vec<u8> = s
+        .split(':')
+        .map(|b| u8::from_str_radix(b, 16))
+        .collect::<Result<_, _>>()
+        .map_err(|_| format!("'{s}' is not a MAC address (like 52:54:00:12:34:56)"))?;
+    let mac: [u8; 6] = bytes
+        .try_into()
+        .map_err(|_| format!("'{s}' is not a MAC address (like 52:54:00:12:34:56)"))?;
+    if mac[0] & 1 != 0 {
+        return Err(format!(
+            "MAC {s} is a multicast address; a NIC needs a unicast one"
+        ));
+    }
+    Ok(mac)
+}
+
+fn parse_tunnet(s: &str) -> Result<NetArg, String> {
+    let named = |rest: &str, what: &str| -> Result<(String, Option<[u8; 6]>), String> {
+        let (name, mac) = match rest.split_once(':') {
+            Some((n, m)) => (n, Some(parse_mac(m)?)),
+            None => (rest, None),
+        };
+        if name.is_empty() || name.len() > 15 {
+            return Err(format!(
+                "--tunnet {what}: '{name}' is not an interface name (1 to 15 characters)"
+            ));
+        }
+        Ok((name.to_string(), mac))
+    };
+    if let Some(rest) = s.strip_prefix("bridge:") {
+        let (name, mac) = named(rest, "bridge")?;
+        return Ok(NetArg {
+            source: TapSource::Bridge(name),
+            mac,
+        });
+    }
+    if let Some(rest) = s.strip_prefix("tap:") {
+        let (name, mac) = named(rest, "tap")?;
+        return Ok(NetArg {
+            source: TapSource::Existing(name),
+            mac,
+        });
+    }
+    let (ip, mac) = match s.split_once(':') {
+        Some((ip, mac)) => (ip, Some(parse_mac(mac)?)),
+        None => (s, None),
+    };
+    let ip = ip.parse().map_err(|_| {
+        format!("--tunnet '{s}': expected IPADDR[:MAC], bridge:NAME[:MAC] or tap:NAME[:MAC]")
+    })?;
+    Ok(NetArg {
+        source: TapSource::Address(ip),
+        mac,
+    })
+}
+
 /// Everything needed to build and run one VM, checked for consistency.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VmConfig {
@@ -110,6 +192,7 @@ pub struct VmConfig {
     pub cmdline: String,
     pub cpus: u8,
     pub blocks: Vec<BlockArg>,
+    pub nets: Vec<NetArg>,
     pub rng: bool,
     pub lenient: bool,
 }
@@ -123,6 +206,7 @@ impl From<Cli> for VmConfig {
             cmdline: cli.kernel_args.join(" "),
             cpus: cli.cpus,
             blocks: cli.blocks,
+            nets: cli.nets,
             rng: cli.rng,
             lenient: cli.lenient,
         }
@@ -220,6 +304,61 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("needs a file name"), "{e}");
+    }
+
+    #[test]
+    fn tunnet_forms() {
+        let c = parse(&[
+            "64",
+            "k",
+            "--tunnet=192.168.19.1",
+            "--tunnet",
+            "10.0.0.1:52:54:00:12:34:56",
+            "--tunnet=bridge:br0",
+            "--tunnet=tap:tap7:02:00:00:00:00:01",
+        ])
+        .unwrap();
+        let ip = |s: &str| TapSource::Address(s.parse().unwrap());
+        assert_eq!(
+            c.nets[0],
+            NetArg {
+                source: ip("192.168.19.1"),
+                mac: None
+            }
+        );
+        assert_eq!(
+            c.nets[1],
+            NetArg {
+                source: ip("10.0.0.1"),
+                mac: Some([0x52, 0x54, 0, 0x12, 0x34, 0x56])
+            }
+        );
+        assert_eq!(
+            c.nets[2],
+            NetArg {
+                source: TapSource::Bridge("br0".into()),
+                mac: None
+            }
+        );
+        assert_eq!(
+            c.nets[3],
+            NetArg {
+                source: TapSource::Existing("tap7".into()),
+                mac: Some([2, 0, 0, 0, 0, 1])
+            }
+        );
+        for (bad, why) in [
+            ("300.1.1.1", "expected IPADDR"),
+            ("10.0.0.1:zz", "not a MAC"),
+            ("10.0.0.1:01:00:00:00:00:01", "multicast"),
+            ("bridge:", "not an interface name"),
+            ("tap:averyveryverylongname", "not an interface name"),
+        ] {
+            let e = parse(&["64", "k", "--tunnet", bad])
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(why), "{bad}: {e}");
+        }
     }
 
     #[test]

@@ -150,6 +150,18 @@ impl VmHooks for KvmHooks {
             .map_err(std::io::Error::from)
     }
 
+    fn register_ioevent_pio(&self, fd: &EventFd, port: u16) -> std::io::Result<()> {
+        self.vm
+            .register_ioevent(fd, &IoEventAddress::Pio(port.into()), NoDatamatch)
+            .map_err(std::io::Error::from)
+    }
+
+    fn unregister_ioevent_pio(&self, fd: &EventFd, port: u16) -> std::io::Result<()> {
+        self.vm
+            .unregister_ioevent(fd, &IoEventAddress::Pio(port.into()), NoDatamatch)
+            .map_err(std::io::Error::from)
+    }
+
     fn msi_irqfd(&self, slot: u8, vector: u16) -> std::io::Result<EventFd> {
         let gsi = self.gsi(slot, vector);
         let fd = EventFd::new(libc::EFD_NONBLOCK)?;

@@ -16,6 +16,8 @@ use devices::legacy::{ports, Cmos, InputSink, PowerManagement, SerialPort, I8042
 use devices::pci::{self, HostBridge, PciRoot};
 use devices::virtio::block::{Block, BlockConfig};
 use devices::virtio::console::{Console, InputQueue};
+use devices::virtio::net::tap::Tap;
+use devices::virtio::net::{format_mac, Net};
 use devices::virtio::rng::Rng;
 use devices::virtio::transport::modern::{self, ModernBar, ModernFunction, ModernTransport};
 use devices::virtio::VirtioDevice;
@@ -28,7 +30,7 @@ use loader::GuestMemory;
 use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
 use vmm_sys_util::eventfd::EventFd;
 
-use crate::cli::VmConfig;
+use crate::cli::{NetArg, TapSource, VmConfig};
 use crate::error::{Error, Result};
 use crate::host::Host;
 use crate::terminal::{self, ConsoleInput};
@@ -168,6 +170,9 @@ impl Vm {
             );
             virtio.push(Box::new(disk));
         }
+        for n in &config.nets {
+            virtio.push(Box::new(open_net(n)?));
+        }
         if config.rng {
             virtio.push(Box::new(Rng));
         }
@@ -288,6 +293,32 @@ impl ConsoleInput for SerialInput {
     fn wait_for_room(&self) {
         let _ = self.room.read();
     }
+}
+
+/// Opens or creates the tap a `--tunnet` argument names and puts a
+/// virtio-net device on it.
+fn open_net(arg: &NetArg) -> Result<Net> {
+    let what = |w: &str| Error::io(format!("{w} for --tunnet {:?}", arg.source));
+    let tap = match &arg.source {
+        TapSource::Address(ip) => {
+            let tap = Tap::create(None).map_err(what("create a tap"))?;
+            tap.set_ipv4(*ip, 24).map_err(what("address the tap"))?;
+            tap.set_up().map_err(what("bring the tap up"))?;
+            tap
+        }
+        TapSource::Bridge(bridge) => {
+            let tap = Tap::create(None).map_err(what("create a tap"))?;
+            tap.add_to_bridge(bridge)
+                .map_err(what("add the tap to the bridge"))?;
+            tap.set_up().map_err(what("bring the tap up"))?;
+            tap
+        }
+        TapSource::Existing(name) => Tap::open_existing(name).map_err(what("open the tap"))?,
+    };
+    let name = tap.name().to_string();
+    let net = Net::new(Box::new(tap), arg.mac).map_err(what("set up virtio-net"))?;
+    log::debug!("net: tap {name}, guest MAC {}", format_mac(&net.mac()));
+    Ok(net)
 }
 
 /// Terminal input goes to the console the guest uses: the virtio console

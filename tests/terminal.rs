@@ -5,7 +5,8 @@
 //! - raw mode: with a terminal (a pseudo-terminal here) as stdin, the
 //!   launcher turns ICANON and ECHO off while the guest runs and puts the
 //!   settings back when it ends, whether stopped by SIGTERM (exit 143) or
-//!   because the guest powered off (exit 0).
+//!   because the guest powered off (exit 0), or from the console escape
+//!   typed on the terminal (exit 130).
 //!
 //! The guest is the test guest: `wait-forever` prints `GUEST-TEST-START`
 //! and `GUEST-WAITING` and spins in ring 3; `hello` powers off at once.
@@ -56,7 +57,7 @@ fn three_ctrl_c_on_stdin_stop_the_launcher() {
 
 /// A pseudo-terminal; the master stays open for as long as the test runs.
 struct Pty {
-    _master: OwnedFd,
+    master: OwnedFd,
     slave: OwnedFd,
 }
 
@@ -77,7 +78,7 @@ fn open_pty() -> Pty {
     // SAFETY: both descriptors were just opened and are owned by nobody else.
     unsafe {
         Pty {
-            _master: OwnedFd::from_raw_fd(master),
+            master: OwnedFd::from_raw_fd(master),
             slave: OwnedFd::from_raw_fd(slave),
         }
     }
@@ -185,5 +186,42 @@ fn terminal_settings_restored_after_the_guest_powers_off() {
         "terminal settings differ from before the launcher ran (c_lflag {:#o} -> {:#o})",
         before.c_lflag,
         after.c_lflag
+    );
+}
+
+#[test]
+fn console_escape_typed_on_a_terminal_restores_it() {
+    let pty = open_pty();
+    let before = termios(&pty.slave);
+    let t = Instant::now();
+    let mut g = start_on_pty(&pty, "wait-forever");
+    g.wait_for("GUEST-WAITING", TIMEOUT);
+    // In raw mode (ISIG off) Ctrl-C is a byte for the launcher, not SIGINT.
+    let keys = [0x03u8; 3];
+    // SAFETY: writes from a live buffer to the pty master we own.
+    let n = unsafe { libc::write(pty.master.as_raw_fd(), keys.as_ptr().cast(), keys.len()) };
+    assert_eq!(
+        n,
+        3,
+        "write to the pty: {}",
+        std::io::Error::last_os_error()
+    );
+    let status = g.wait_exit(TIMEOUT);
+    eprintln!("console escape on a pty: {:?}", t.elapsed());
+    assert_eq!(
+        status.code(),
+        Some(130),
+        "exit code; output:\n{}",
+        g.output()
+    );
+    assert!(
+        g.stderr().contains("stopped from the console"),
+        "stderr:\n{}",
+        g.output()
+    );
+    assert_eq!(
+        settings(&termios(&pty.slave)),
+        settings(&before),
+        "terminal settings differ from before the launcher ran"
     );
 }

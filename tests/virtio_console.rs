@@ -76,9 +76,7 @@ fn stdin_reaches_the_receiveq_once_the_guest_uses_the_console() {
     // The guest reports the used transmit buffer only after the launcher
     // has marked the console in use (which routes stdin to it): writing
     // after this line cannot race the switch from the 8250.
-    if std::env::var_os("RACE").is_none() {
-        g.wait_for("GUEST-HVC-TX len=10", TIMEOUT);
-    }
+    g.wait_for("GUEST-HVC-TX len=10", TIMEOUT);
     g.write_stdin(b"ping 123\n");
     let echo = g.wait_for("HVC-ECHO", TIMEOUT);
     let status = g.wait_exit(TIMEOUT);
@@ -90,6 +88,40 @@ fn stdin_reaches_the_receiveq_once_the_guest_uses_the_console() {
         "echo not on stdout:\n{}",
         g.output()
     );
+}
+
+/// Input written as soon as the guest's first console output shows must go
+/// to the virtio console, not to the 8250. 50 runs, each writing right after
+/// the `HVC-READY` line; the first lost line fails the test.
+#[test]
+#[ignore = "launcher bug: devices/src/virtio/console/mod.rs Transmit::process writes the \
+            guest's output to stdout before setting InputQueue::in_use, so input sent in \
+            reply to the first output is routed to the 8250 (about 1 run in 12 here)"]
+fn stdin_written_right_after_the_first_output_reaches_the_receiveq() {
+    let elf = test_guest::path();
+    let elf = elf.to_str().expect("test guest path is UTF-8");
+    for run in 0..50 {
+        let mut g = Guest::start_with_stdin(&args(&[], elf, "scenario=virtio-console-echo"));
+        g.wait_for("HVC-READY", TIMEOUT);
+        g.write_stdin(b"ping 123\n");
+        let t = Instant::now();
+        let echoed = loop {
+            if g.output().contains("HVC-ECHO ping 123") {
+                break true;
+            }
+            if t.elapsed() > Duration::from_secs(5) {
+                break false;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        assert!(
+            echoed,
+            "run {run}: the line written after HVC-READY never reached the virtio \
+             console (the guest reports any 8250 input as GUEST-COM1-INPUT after 20 s)"
+        );
+        let status = g.wait_exit(TIMEOUT);
+        assert_eq!(status.code(), Some(0), "run {run}; output:\n{}", g.output());
+    }
 }
 
 /// The 64 hex digits after `key` in `line`.

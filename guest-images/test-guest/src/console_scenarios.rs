@@ -17,6 +17,7 @@ use crate::cmdline::Cmdline;
 use crate::port::{inb, outb};
 use crate::println;
 use crate::scenarios::{finish, Scenario};
+use crate::serial::COM1;
 use crate::virtio::{self, Device, Pages, Vq, CONSOLE_DEVICE, DESC_WRITE, RING_BYTES};
 use crate::virtio_scenarios::fail;
 
@@ -130,6 +131,19 @@ fn rtc_seconds() -> u8 {
     inb(0x71)
 }
 
+/// Input the launcher sent to the 8250 instead: `GUEST-COM1-INPUT <hex>`
+/// with what the UART's receive FIFO holds (LSR bit 0: data ready).
+fn report_com1_input() {
+    crate::print!("GUEST-COM1-INPUT ");
+    for _ in 0..LINE_MAX {
+        if inb(COM1 + 5) & 1 == 0 {
+            break;
+        }
+        crate::print!("{:02x}", inb(COM1));
+    }
+    println!();
+}
+
 /// One buffer through the transmitq.
 fn console_out(_: &Cmdline) -> ! {
     let mut c = Console::start(false);
@@ -162,6 +176,7 @@ fn console_echo(_: &Cmdline) -> ! {
                     last_second = now;
                     seconds += 1;
                     if seconds > INPUT_SECONDS {
+                        report_com1_input();
                         fail("no input line on the virtio console within 20 s");
                     }
                 }

@@ -396,7 +396,6 @@ mod tests {
             tap.set_ipv4(Ipv4Addr::new(10, 9, 8, 1), 24).unwrap();
             tap.set_up().unwrap();
 
-            // Nothing to read yet: a non-blocking tap says so.
             let mut buf = vec![0u8; super::super::MAX_FRAME];
             let mac = [0x52, 0x54, 0, 0x12, 0x34, 0x56];
             tap.write_frame(&arp_request(mac)).unwrap();

@@ -17,6 +17,9 @@ pub trait VmHooks: Send + Sync {
     /// Makes guest writes to `addr` (MMIO) signal `fd` without an exit.
     fn register_ioevent(&self, fd: &EventFd, addr: u64) -> std::io::Result<()>;
     fn unregister_ioevent(&self, fd: &EventFd, addr: u64) -> std::io::Result<()>;
+    /// The same for a port-I/O address (the legacy transport's I/O BAR).
+    fn register_ioevent_pio(&self, fd: &EventFd, port: u16) -> std::io::Result<()>;
+    fn unregister_ioevent_pio(&self, fd: &EventFd, port: u16) -> std::io::Result<()>;
     /// An eventfd that raises MSI-X vector `vector` of function `slot`.
     fn msi_irqfd(&self, slot: u8, vector: u16) -> std::io::Result<EventFd>;
     /// Points that vector's route at `msg`.
