@@ -94,9 +94,6 @@ fn stdin_reaches_the_receiveq_once_the_guest_uses_the_console() {
 /// to the virtio console, not to the 8250. 50 runs, each writing right after
 /// the `HVC-READY` line; the first lost line fails the test.
 #[test]
-#[ignore = "launcher bug: devices/src/virtio/console/mod.rs Transmit::process writes the \
-            guest's output to stdout before setting InputQueue::in_use, so input sent in \
-            reply to the first output is routed to the 8250 (about 1 run in 12 here)"]
 fn stdin_written_right_after_the_first_output_reaches_the_receiveq() {
     let elf = test_guest::path();
     let elf = elf.to_str().expect("test guest path is UTF-8");

@@ -59,7 +59,7 @@ impl InputQueue {
 
     /// True once the guest's driver has sent output through this console.
     pub fn in_use(&self) -> bool {
-        self.in_use.load(Ordering::Relaxed)
+        self.in_use.load(Ordering::Acquire)
     }
 }
 
@@ -170,12 +170,15 @@ impl QueueHandler for Transmit {
                 ));
             }
             let bytes = chain.read_all(mem, usize::MAX).unwrap_or_default();
+            // Claim the terminal's input before the output is visible: a
+            // user (or script) answering the guest's first line must reach
+            // this console, not the UART.
+            self.input.in_use.store(true, Ordering::Release);
             let mut out = lock(&self.output);
             if out.write_all(&bytes).and_then(|_| out.flush()).is_err() {
                 log::debug!("virtio-console: stdout closed; output dropped");
             }
             drop(out);
-            self.input.in_use.store(true, Ordering::Relaxed);
             queue.add_used(mem, chain.head, 0)?;
             used = true;
         }
