@@ -9,6 +9,7 @@
 //! [`QueueHandler`] per queue for the per-queue worker threads.
 
 use std::os::fd::RawFd;
+use std::sync::Arc;
 
 use vm_memory::GuestMemoryMmap;
 
@@ -53,6 +54,17 @@ pub trait QueueHandler: Send {
     }
 }
 
+/// How a device tells its driver about a configuration change from a
+/// thread of its own (vmmci's host requests arrive outside any guest
+/// access). The transport hands one over once its interrupts are wired.
+pub trait ConfigSignal: Send + Sync {
+    /// Sets the configuration-change ISR bit and interrupts the guest.
+    fn raise(&self);
+    /// Clears that ISR bit again: for drivers that learn of the change by
+    /// reading the config space and never read ISR.
+    fn clear(&self);
+}
+
 /// A virtio device, independent of transport.
 pub trait VirtioDevice: Send {
     /// Device type (virtio 1.0 §5): 1 net, 2 block, 3 console, 4 rng.
@@ -72,4 +84,7 @@ pub trait VirtioDevice: Send {
     fn activate(&mut self, features: u64) -> Vec<Box<dyn QueueHandler>>;
     /// The driver reset the device: forget negotiated state.
     fn reset(&mut self) {}
+    /// Keeps the transport's [`ConfigSignal`]; only devices whose
+    /// configuration changes on the host's initiative need it.
+    fn set_config_signal(&mut self, _signal: Arc<dyn ConfigSignal>) {}
 }
