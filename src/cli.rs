@@ -59,6 +59,20 @@ pub struct Cli {
     #[arg(long)]
     pub rng: bool,
 
+    /// Use the legacy (virtio 0.9.5) PCI transport for every virtio device.
+    #[arg(long)]
+    pub legacy: bool,
+
+    /// Mimic OpenBSD vmd's machine: legacy transport with vmd's PCI ids and
+    /// device order, the 8250 as the only console, vmmci last.
+    #[arg(long)]
+    pub vmd: bool,
+
+    /// Add OpenBSD's vmmci control device (clean shutdown, reboot, clock
+    /// sync); always on with --vmd.
+    #[arg(long)]
+    pub vmmci: bool,
+
     /// On a virtio rule broken by a guest driver, log it and set
     /// DEVICE_NEEDS_RESET instead of stopping the guest.
     #[arg(long)]
@@ -194,6 +208,9 @@ pub struct VmConfig {
     pub blocks: Vec<BlockArg>,
     pub nets: Vec<NetArg>,
     pub rng: bool,
+    pub legacy: bool,
+    pub vmd: bool,
+    pub vmmci: bool,
     pub lenient: bool,
 }
 
@@ -208,6 +225,9 @@ impl From<Cli> for VmConfig {
             blocks: cli.blocks,
             nets: cli.nets,
             rng: cli.rng,
+            legacy: cli.legacy || cli.vmd,
+            vmd: cli.vmd,
+            vmmci: cli.vmmci || cli.vmd,
             lenient: cli.lenient,
         }
     }

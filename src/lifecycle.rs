@@ -11,6 +11,7 @@
 use std::ffi::{CString, OsString};
 use std::os::unix::ffi::OsStrExt;
 
+use devices::virtio::vmmci::{Outcome, Request, VmmciControl};
 use devices::VmRequest;
 
 use crate::terminal;
@@ -60,9 +61,11 @@ pub fn block_signals() -> libc::sigset_t {
     }
 }
 
-/// Turns handled signals into requests: SIGHUP asks for a reboot, the
-/// others stop the guest at once.
-pub fn spawn_signal_thread(set: libc::sigset_t, control: devices::VmControl) {
+/// Turns handled signals into requests. With a vmmci driver up in the
+/// guest, SIGTERM/SIGINT ask it to shut down and SIGHUP to reboot, with
+/// vmd's timeouts; otherwise (or on a second signal while one such request
+/// is pending) SIGHUP reboots and the others stop the guest at once.
+pub fn spawn_signal_thread(set: libc::sigset_t, control: devices::VmControl, vmmci: Option<VmmciControl>) {
     std::thread::Builder::new()
         .name("signals".into())
         .spawn(move || loop {
@@ -71,10 +74,13 @@ pub fn spawn_signal_thread(set: libc::sigset_t, control: devices::VmControl) {
             if unsafe { libc::sigwait(&set, &mut sig) } != 0 {
                 continue;
             }
+            let ask = if sig == libc::SIGHUP { Request::Reboot } else { Request::Shutdown };
+            if let Some(Outcome::Sent) = vmmci.as_ref().map(|v| v.request(ask)) {
+                eprintln!("launcher: signal {sig}: asked the guest to {} through vmmci", if sig == libc::SIGHUP { "reboot" } else { "shut down" });
+                continue;
+            }
             if sig == libc::SIGHUP {
-                control.request(VmRequest::Reboot {
-                    reason: "SIGHUP".into(),
-                });
+                control.request(VmRequest::Reboot { reason: "SIGHUP".into() });
             } else {
                 control.request(VmRequest::Signal(sig));
             }

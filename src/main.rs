@@ -8,6 +8,7 @@ mod cli;
 mod error;
 mod host;
 mod lifecycle;
+mod pci;
 mod terminal;
 mod vcpu;
 mod virtio;
@@ -50,7 +51,7 @@ fn main() {
             std::process::exit(lifecycle::code::LAUNCHER_ERROR);
         }
     };
-    lifecycle::spawn_signal_thread(signals, vm.control());
+    lifecycle::spawn_signal_thread(signals, vm.control(), vm.vmmci());
     terminal::make_raw();
     let outcome = vm.run();
     lifecycle::finish(outcome, &argv)

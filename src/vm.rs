@@ -13,19 +13,19 @@ use std::sync::mpsc::Receiver;
 use std::sync::{Arc, Mutex};
 
 use devices::legacy::{ports, Cmos, InputSink, PowerManagement, SerialPort, I8042};
-use devices::pci::{self, HostBridge, PciRoot};
+use devices::pci::{self, HostBridge, Identity};
 use devices::virtio::block::{Block, BlockConfig};
 use devices::virtio::console::{Console, InputQueue};
 use devices::virtio::net::tap::Tap;
 use devices::virtio::net::{format_mac, Net};
 use devices::virtio::rng::Rng;
-use devices::virtio::transport::modern::{self, ModernBar, ModernFunction, ModernTransport};
+use devices::virtio::transport::legacy;
+use devices::virtio::vmmci::{self, Vmmci, VmmciControl, VmmciEvent};
 use devices::virtio::VirtioDevice;
 use devices::{Bus, VmControl, VmRequest};
 use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, KVM_PIT_SPEAKER_DUMMY};
 use kvm_ioctls::{Cap, Kvm, VmFd};
-use loader::layout::{MemoryLayout, MMIO_HOLE_START};
-use loader::mptable::PciIntx;
+use loader::layout::MemoryLayout;
 use loader::GuestMemory;
 use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
 use vmm_sys_util::eventfd::EventFd;
@@ -35,7 +35,8 @@ use crate::error::{Error, Result};
 use crate::host::Host;
 use crate::terminal::{self, ConsoleInput};
 use crate::vcpu::{self, Vcpu};
-use crate::virtio::{self, KvmHooks};
+use crate::pci::{PciBuilder, Transport};
+use crate::virtio::KvmHooks;
 
 /// Where KVM keeps its TSS and identity map on Intel: three pages just
 /// below the BIOS area, inside the MMIO hole where no RAM or BAR lives.
@@ -51,6 +52,7 @@ pub struct Vm {
     serial: Arc<Mutex<SerialPort>>,
     serial_room: EventFd,
     console_input: Arc<InputQueue>,
+    vmmci: Option<VmmciControl>,
 }
 
 impl Vm {
@@ -140,22 +142,26 @@ impl Vm {
             ports::CMOS,
             ports::CMOS_LEN,
         )?;
-        let mut pci = PciRoot::new(Arc::new(Mutex::new(HostBridge::new())), control.clone());
-        let mut mmio = Bus::new();
-        let hooks = Arc::new(KvmHooks::new(
-            vm.clone(),
-            mem.clone(),
-            control.clone(),
-            config.lenient,
-        ));
-        hooks
-            .install_routes()
-            .map_err(Error::io("set up interrupt routing"))?;
+        let hooks = Arc::new(KvmHooks::new(vm.clone(), mem.clone(), control.clone(), config.lenient));
+        hooks.install_routes().map_err(Error::io("set up interrupt routing"))?;
         let console_input = InputQueue::new().map_err(Error::io("create an eventfd"))?;
-        let mut virtio: Vec<Box<dyn VirtioDevice>> = vec![Box::new(Console::new(
-            console_input.clone(),
-            Box::new(std::io::stdout()),
-        ))];
+        let mut mmio = Bus::new();
+        let bridge = if config.vmd { HostBridge::with_identity(vmd_identity_bridge()) } else { HostBridge::new() };
+        let mut pci = PciBuilder::new(bridge, control.clone(), hooks.clone());
+        let transport = |ty: u16| match (config.vmd, config.legacy) {
+            (true, _) => Transport::Legacy(Some((legacy::vmd_identity(ty), legacy::DEFAULT_BAR_SIZE))),
+            (false, true) => Transport::Legacy(None),
+            (false, false) => Transport::Modern,
+        };
+        let mut devices: Vec<Box<dyn VirtioDevice>> = Vec::new();
+        // vmd has no virtio console (its guests use the 8250) and puts the
+        // rng first; we otherwise follow lguest: console first, always.
+        if !config.vmd {
+            devices.push(Box::new(Console::new(console_input.clone(), Box::new(std::io::stdout()))));
+        }
+        if config.vmd && config.rng {
+            devices.push(Box::new(Rng));
+        }
         for b in &config.blocks {
             let disk = Block::open(BlockConfig {
                 path: b.path.clone(),
@@ -168,49 +174,39 @@ impl Vm {
                 disk.capacity(),
                 if b.read_only { ", read-only" } else { "" }
             );
-            virtio.push(Box::new(disk));
+            devices.push(Box::new(disk));
         }
         for n in &config.nets {
-            virtio.push(Box::new(open_net(n)?));
+            devices.push(Box::new(open_net(n)?));
         }
-        if config.rng {
-            virtio.push(Box::new(Rng));
+        if config.rng && !config.vmd {
+            devices.push(Box::new(Rng));
         }
-        let mut intx = Vec::new();
-        let mut next_bar = MMIO_HOLE_START;
-        for device in virtio {
-            let slot = pci.free_slot().ok_or(Error::PciFull)?;
-            let mut t = ModernTransport::new(device, slot, hooks.clone());
-            let addr = next_bar.next_multiple_of(modern::BAR_SIZE);
-            next_bar = addr + modern::BAR_SIZE;
-            t.config_mut().set_bar_address(0, addr);
-            t.config_mut().set_interrupt(1, virtio::intx_pin(slot));
-            t.connect_interrupts()
-                .map_err(Error::io("wire a virtio device's interrupts"))?;
-            log::debug!(
-                "pci: {} BAR0 at {addr:#x}, INTA -> IOAPIC pin {}",
-                t.label(),
-                virtio::intx_pin(slot)
-            );
-            let t = Arc::new(Mutex::new(t));
-            mmio.insert(
-                Arc::new(Mutex::new(ModernBar(t.clone()))),
-                addr,
-                modern::BAR_SIZE,
-            )?;
-            pci.add(Arc::new(Mutex::new(ModernFunction(t))));
-            intx.push(PciIntx {
-                slot,
-                pin: 0,
-                ioapic_pin: virtio::intx_pin(slot),
-            });
+        for device in devices {
+            let t = transport(device.device_type());
+            pci.add(device, t, &mut mmio, &mut pio)?;
         }
+        let vmmci = if config.vmmci {
+            let events = control.clone();
+            let (device, handle) = Vmmci::new(Box::new(move |ev| {
+                events.request(match ev {
+                    VmmciEvent::ShutdownNow => VmRequest::Poweroff,
+                    VmmciEvent::RebootNow => VmRequest::Reboot { reason: "vmmci".into() },
+                })
+            }));
+            // vmmci is always last, as in vmd.
+            let t = Transport::Legacy(Some((vmmci::IDENTITY, vmmci::BAR_SIZE)));
+            pci.add(Box::new(device), t, &mut mmio, &mut pio)?;
+            Some(handle)
+        } else {
+            None
+        };
+        let (pci, intx) = pci.finish();
         loader::mptable::setup_mptable_with_pci(&mem, config.cpus, &intx)?;
-        pio.insert(
-            Arc::new(Mutex::new(pci)),
-            pci::root::CONFIG_PORT,
-            pci::root::CONFIG_PORT_LEN,
-        )?;
+        let rsdp = loader::acpi::setup_acpi(&mem, config.cpus, &intx)?;
+        log::debug!("ACPI tables: RSDP at {:#x}", rsdp.0);
+        loader::bootparams::set_acpi_rsdp(&mem, rsdp)?;
+        pio.insert(Arc::new(Mutex::new(pci)), pci::root::CONFIG_PORT, pci::root::CONFIG_PORT_LEN)?;
         let pm = PowerManagement::new(control.clone());
         pio.insert(Arc::new(Mutex::new(pm)), ports::PM, ports::PM_LEN)?;
         let pio = Arc::new(pio);
@@ -241,6 +237,7 @@ impl Vm {
             serial,
             serial_room,
             console_input,
+            vmmci,
         })
     }
 
@@ -277,6 +274,11 @@ impl Vm {
     pub fn control(&self) -> VmControl {
         self.control.clone()
     }
+
+    /// The vmmci device's host side, when the guest has one.
+    pub fn vmmci(&self) -> Option<VmmciControl> {
+        self.vmmci.clone()
+    }
 }
 
 /// Console input for the 8250: queue into its FIFO, wait on the eventfd the
@@ -293,6 +295,11 @@ impl ConsoleInput for SerialInput {
     fn wait_for_room(&self) {
         let _ = self.room.read();
     }
+}
+
+/// vmd's host bridge (see docs/vmmci.md).
+fn vmd_identity_bridge() -> Identity {
+    Identity { vendor: 0x0b5d, device: 0x0666, class: 0x06, ..Default::default() }
 }
 
 /// Opens or creates the tap a `--tunnet` argument names and puts a

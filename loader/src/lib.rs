@@ -8,6 +8,7 @@
 //! [`cpu::setup_sregs`] and [`cpu::boot_regs`] to KVM. Nothing here makes
 //! a KVM ioctl, so all of it is unit-tested without `/dev/kvm`.
 
+pub mod acpi;
 pub mod bootparams;
 pub mod cpu;
 mod error;

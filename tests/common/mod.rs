@@ -268,3 +268,241 @@ impl Drop for TempDir {
     }
 }
 pub mod test_guest;
+
+/// Why network-namespace tests cannot run here (not root, no `ip`), or
+/// `None` when they can.
+pub fn netns_unavailable() -> Option<String> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return Some("not root: creating network namespaces and taps needs root".into());
+    }
+    match Command::new("ip")
+        .arg("-V")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+    {
+        Ok(s) if s.success() => {}
+        _ => return Some("the `ip` command (iproute2) is missing".into()),
+    }
+    if !Path::new("/dev/net/tun").exists() {
+        return Some("/dev/net/tun is missing".into());
+    }
+    None
+}
+
+/// A network namespace `launcher-test-<pid>-<n>` made for one test and
+/// deleted (`ip netns del`) when dropped, also when the test fails.
+pub struct NetNs {
+    pub name: String,
+}
+
+impl NetNs {
+    pub fn new() -> NetNs {
+        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let name = format!("launcher-test-{}-{n}", std::process::id());
+        let out = Command::new("ip")
+            .args(["netns", "add", &name])
+            .output()
+            .expect("cannot run `ip netns add`");
+        assert!(
+            out.status.success(),
+            "ip netns add {name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        NetNs { name }
+    }
+
+    /// `ip netns exec <name> <program>`, output captured.
+    pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.name])
+            .arg(program)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        cmd
+    }
+
+    /// Runs `args` inside the namespace; panics with its output on failure.
+    pub fn run(&self, args: &[&str]) -> String {
+        let out = self
+            .command(args[0])
+            .args(&args[1..])
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run {args:?} in {}: {e}", self.name));
+        assert!(
+            out.status.success(),
+            "{args:?} in {}: {}{}",
+            self.name,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// The launcher (the test binary's `launcher`) inside the namespace.
+    pub fn launcher(&self) -> Command {
+        self.command(env!("CARGO_BIN_EXE_launcher"))
+    }
+
+    /// Runs `f` on a thread of its own that has entered the namespace
+    /// (`setns`, which moves only the calling thread).
+    pub fn spawn<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> std::thread::JoinHandle<T> {
+        let path = format!("/run/netns/{}", self.name);
+        std::thread::spawn(move || {
+            let ns = std::fs::File::open(&path).unwrap_or_else(|e| panic!("open {path}: {e}"));
+            use std::os::fd::AsRawFd;
+            // SAFETY: a valid namespace descriptor; only this thread moves.
+            let r = unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) };
+            assert_eq!(r, 0, "setns {path}: {}", std::io::Error::last_os_error());
+            f()
+        })
+    }
+}
+
+impl Drop for NetNs {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+/// An AF_PACKET socket for one ethertype, on one interface (or all of
+/// them), in the network namespace of the thread that opens it.
+pub struct PacketSocket {
+    fd: std::os::fd::OwnedFd,
+    ifindex: i32,
+    ethertype: u16,
+}
+
+impl PacketSocket {
+    /// `ifname` `None`: every interface (receive only).
+    pub fn open(ifname: Option<&str>, ethertype: u16) -> std::io::Result<PacketSocket> {
+        use std::os::fd::FromRawFd;
+        let ifindex = match ifname {
+            Some(name) => {
+                let c = std::ffi::CString::new(name).unwrap();
+                // SAFETY: a NUL-terminated name.
+                let i = unsafe { libc::if_nametoindex(c.as_ptr()) };
+                if i == 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                i as i32
+            }
+            None => 0,
+        };
+        let proto = i32::from(ethertype.to_be());
+        // SAFETY: plain socket call.
+        let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, proto) };
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: fd was just created and is owned here.
+        let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
+        let s = PacketSocket {
+            fd,
+            ifindex,
+            ethertype,
+        };
+        let addr = s.sockaddr();
+        use std::os::fd::AsRawFd;
+        // SAFETY: addr is a sockaddr_ll of the given size.
+        let r = unsafe {
+            libc::bind(
+                s.fd.as_raw_fd(),
+                (&addr as *const libc::sockaddr_ll).cast(),
+                std::mem::size_of::<libc::sockaddr_ll>() as u32,
+            )
+        };
+        if r != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let rcvbuf: libc::c_int = 8 << 20;
+        // SAFETY: an int option.
+        unsafe {
+            libc::setsockopt(
+                s.fd.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_RCVBUF,
+                (&rcvbuf as *const libc::c_int).cast(),
+                4,
+            )
+        };
+        Ok(s)
+    }
+
+    fn sockaddr(&self) -> libc::sockaddr_ll {
+        // SAFETY: all-zero is a valid sockaddr_ll.
+        let mut a: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+        a.sll_family = libc::AF_PACKET as u16;
+        a.sll_protocol = self.ethertype.to_be();
+        a.sll_ifindex = self.ifindex;
+        a.sll_halen = 6;
+        a
+    }
+
+    /// One frame (from its Ethernet header on), or `None` after `timeout`.
+    pub fn recv(&self, buf: &mut [u8], timeout: Duration) -> std::io::Result<Option<usize>> {
+        use std::os::fd::AsRawFd;
+        let mut pfd = libc::pollfd {
+            fd: self.fd.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        let ms = timeout.as_millis().min(i32::MAX as u128) as i32;
+        // SAFETY: one pollfd.
+        let r = unsafe { libc::poll(&mut pfd, 1, ms) };
+        if r < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        if r == 0 {
+            return Ok(None);
+        }
+        // SAFETY: buf is writable for its length.
+        let n = unsafe { libc::recv(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+        if n < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(Some(n as usize))
+    }
+
+    /// Sends `frame` (Ethernet header included) out of the interface.
+    pub fn send(&self, frame: &[u8]) -> std::io::Result<()> {
+        use std::os::fd::AsRawFd;
+        let mut addr = self.sockaddr();
+        addr.sll_addr[..6].copy_from_slice(&frame[..6]);
+        // SAFETY: frame and addr are valid for their lengths.
+        let n = unsafe {
+            libc::sendto(
+                self.fd.as_raw_fd(),
+                frame.as_ptr().cast(),
+                frame.len(),
+                0,
+                (&addr as *const libc::sockaddr_ll).cast(),
+                std::mem::size_of::<libc::sockaddr_ll>() as u32,
+            )
+        };
+        if n < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(())
+    }
+}
+
+/// An Ethernet frame: destination, source, ethertype, payload.
+pub fn ethernet_frame(dst: [u8; 6], src: [u8; 6], ethertype: u16, payload: &[u8]) -> Vec<u8> {
+    let mut f = Vec::with_capacity(14 + payload.len());
+    f.extend_from_slice(&dst);
+    f.extend_from_slice(&src);
+    f.extend_from_slice(&ethertype.to_be_bytes());
+    f.extend_from_slice(payload);
+    f
+}

@@ -10,6 +10,7 @@ pub mod queue;
 pub mod rng;
 pub mod rules;
 pub mod transport;
+pub mod vmmci;
 pub mod worker;
 
 pub use device::{QueueHandler, VirtioDevice};

@@ -13,10 +13,13 @@
 #![no_std]
 #![no_main]
 
+pub mod blk_scenarios;
 pub mod boot;
+pub mod clock;
 pub mod cmdline;
 pub mod console_scenarios;
 pub mod mem;
+pub mod net_scenarios;
 pub mod pci;
 pub mod port;
 pub mod power;

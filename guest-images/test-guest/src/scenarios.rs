@@ -34,6 +34,8 @@ pub fn run(cmdline: &Cmdline) -> ! {
     // virtio-rng and the bad-* driver scenarios, then the virtio console's.
     crate::virtio_scenarios::run(name, cmdline);
     crate::console_scenarios::run(name, cmdline);
+    crate::blk_scenarios::run(name, cmdline);
+    crate::net_scenarios::run(name, cmdline);
     panic!("unknown scenario {name:?}")
 }
 

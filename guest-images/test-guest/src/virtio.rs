@@ -24,6 +24,10 @@ pub const VENDOR: u16 = 0x1af4;
 pub const RNG_DEVICE: u16 = 0x1044;
 /// 0x1040 + device type 3 (console).
 pub const CONSOLE_DEVICE: u16 = 0x1043;
+/// 0x1040 + device type 2 (block).
+pub const BLK_DEVICE: u16 = 0x1042;
+/// 0x1040 + device type 1 (network card).
+pub const NET_DEVICE: u16 = 0x1041;
 
 /// Device status bits (§2.1).
 pub mod status {
@@ -355,6 +359,29 @@ impl Device {
         vq.notify_off = self.r16(common::QUEUE_NOTIFY_OFF);
     }
 
+    /// A little-endian 32-bit field of the device-specific configuration.
+    pub fn cfg32(&self, off: u64) -> u32 {
+        read32(self.device_cfg.addr + off)
+    }
+
+    /// A 64-bit device-configuration field as two 32-bit reads, repeated
+    /// until `config_generation` is the same before and after (§4.1.4.3.1).
+    pub fn cfg64(&self, off: u64) -> u64 {
+        loop {
+            let generation = self.r8(common::CONFIG_GENERATION);
+            let lo = u64::from(self.cfg32(off));
+            let hi = u64::from(self.cfg32(off + 4));
+            if self.r8(common::CONFIG_GENERATION) == generation {
+                return hi << 32 | lo;
+            }
+        }
+    }
+
+    /// A byte of the device-specific configuration.
+    pub fn cfg8(&self, off: u64) -> u8 {
+        read8(self.device_cfg.addr + off)
+    }
+
     pub fn driver_ok(&self) {
         self.add_status(status::DRIVER_OK);
     }
@@ -438,6 +465,19 @@ impl Vq {
         let slot = u64::from(self.avail_idx % self.size);
         write16(self.avail + 4 + 2 * slot, head);
         self.avail_idx = self.avail_idx.wrapping_add(1);
+        self.publish(self.avail_idx);
+    }
+
+    /// Puts chain `head` in the next available-ring slot without publishing
+    /// it: several chains then go out with one [`Vq::publish_pushed`].
+    pub fn push(&mut self, head: u16) {
+        let slot = u64::from(self.avail_idx % self.size);
+        write16(self.avail + 4 + 2 * slot, head);
+        self.avail_idx = self.avail_idx.wrapping_add(1);
+    }
+
+    /// Publishes every chain [`Vq::push`] added (one avail.idx write).
+    pub fn publish_pushed(&self) {
         self.publish(self.avail_idx);
     }
 

@@ -1,6 +1,7 @@
 //! Transports: how a driver reaches a [`super::VirtioDevice`]. They know
 //! PCI and the virtio register layouts, nothing about blk or net.
 
+pub mod legacy;
 pub mod modern;
 
 use vm_memory::GuestMemoryMmap;

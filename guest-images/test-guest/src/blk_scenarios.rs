@@ -1,0 +1,585 @@
+//! Scenarios for the launcher's virtio-blk (`--block FILE[,ro][,serial=ID]`,
+//! 1af4:1042, modern PCI transport, one request queue), driven by a polled
+//! ring-3 driver. Each request is a chain of three descriptors at
+//! `3 * slot`: the 16-byte header (device-readable), the data (readable for
+//! writes, discard and write-zeroes segments, writable for reads and
+//! GET_ID; left out when there is none) and the status byte (writable).
+//!
+//! - `virtio-blk-io`: negotiates VERSION_1 plus FLUSH, DISCARD,
+//!   WRITE_ZEROES (and RO) when offered; reads the capacity; writes
+//!   [`pattern`] to sectors 0..8 and to the last sector, flushes, reads
+//!   them back and compares; GET_ID (`GUEST-BLK-ID <id>`); discards
+//!   sectors 16..24; write-zeroes sectors 32..40 and reads them back as
+//!   zeros; `GUEST-BLK-OK capacity=<n>`.
+//! - `virtio-blk-errors`: `GUEST-BLK-STATUS <what>=<status>` for a read of
+//!   sector 0, reads beyond and across the end of the disk, a request of
+//!   type 99, and either writes to a read-only disk (RO offered) or a write
+//!   beyond the end (writable disk).
+//! - `bad-blk-writable-header`: a request whose header is device-writable
+//!   (strict mode: `WrongDirection`).
+//! - `bench-blk`: 4 KiB random reads and 1 MiB sequential reads timed with
+//!   the TSC (`GUEST-BENCH ...`; see bench/README.md).
+
+use crate::clock::{self, Deadline};
+use crate::cmdline::Cmdline;
+use crate::pci;
+use crate::power;
+use crate::println;
+use crate::scenarios::{finish, rdtsc, Scenario};
+use crate::virtio::{
+    read8, status, write32, write64, write8, Device, Pages, Vq, BLK_DEVICE, DESC_NEXT, DESC_WRITE,
+    F_VERSION_1, RING_BYTES,
+};
+use crate::virtio_scenarios::fail;
+
+pub const SCENARIOS: &[(&str, Scenario)] = &[
+    ("virtio-blk-io", blk_io),
+    ("virtio-blk-errors", blk_errors),
+    ("bad-blk-writable-header", bad_writable_header),
+    ("bench-blk", bench_blk),
+];
+
+pub const SECTOR: u64 = 512;
+
+/// Feature bits (virtio 1.0 §5.2.3, 1.1 for DISCARD and WRITE_ZEROES).
+const F_RO: u64 = 1 << 5;
+const F_FLUSH: u64 = 1 << 9;
+const F_DISCARD: u64 = 1 << 13;
+const F_WRITE_ZEROES: u64 = 1 << 14;
+
+/// Request types and statuses (§5.2.6).
+pub const T_IN: u32 = 0;
+pub const T_OUT: u32 = 1;
+pub const T_FLUSH: u32 = 4;
+pub const T_GET_ID: u32 = 8;
+pub const T_DISCARD: u32 = 11;
+pub const T_WRITE_ZEROES: u32 = 13;
+pub const S_OK: u8 = 0;
+
+/// Descriptors in the queue; three per request slot.
+const QSIZE: u16 = 128;
+/// Requests in flight at most.
+pub const MAX_DEPTH: u16 = QSIZE / 3;
+/// How long one request may take before the scenario gives up.
+const REQUEST_SECONDS: u32 = 10;
+/// Bytes of the data area.
+const DATA_BYTES: usize = 4 << 20;
+/// What the status byte holds until the device writes it.
+const STATUS_UNSET: u8 = 0xff;
+
+static RING: Pages<RING_BYTES> = Pages::new();
+/// Per slot, 64 bytes: header at +0, discard/write-zeroes segment at +16,
+/// status byte at +32.
+static SLOTS: Pages<0x1000> = Pages::new();
+/// Data buffers.
+static DATA: Pages<DATA_BYTES> = Pages::new();
+
+/// Runs `name` if it is one of ours; returns if it is not.
+pub fn run(name: &str, cmdline: &Cmdline) {
+    if let Some((_, f)) = SCENARIOS.iter().find(|(n, _)| *n == name) {
+        f(cmdline)
+    }
+}
+
+/// The byte that `virtio-blk-io` writes at offset `i` of sector `sector`
+/// (tests/virtio_blk.rs computes the same).
+pub fn pattern(sector: u64, i: u64) -> u8 {
+    ((sector as u8).wrapping_mul(37) ^ 0x5c).wrapping_add((i as u8).wrapping_mul(3))
+}
+
+fn data(off: u64) -> u64 {
+    DATA.addr() + off
+}
+
+fn header(slot: u16) -> u64 {
+    SLOTS.addr() + 64 * u64::from(slot)
+}
+
+fn segment(slot: u16) -> u64 {
+    header(slot) + 16
+}
+
+fn status_byte(slot: u16) -> u64 {
+    header(slot) + 32
+}
+
+/// Where a request's data is: guest address, length, device-writable.
+#[derive(Clone, Copy)]
+struct Buf {
+    addr: u64,
+    len: u32,
+    writable: bool,
+}
+
+impl Buf {
+    fn read_into(addr: u64, len: u32) -> Option<Buf> {
+        Some(Buf {
+            addr,
+            len,
+            writable: true,
+        })
+    }
+    fn write_from(addr: u64, len: u32) -> Option<Buf> {
+        Some(Buf {
+            addr,
+            len,
+            writable: false,
+        })
+    }
+}
+
+/// A completed request.
+struct Done {
+    slot: u16,
+    status: u8,
+    used_len: u32,
+}
+
+struct Blk {
+    dev: Device,
+    vq: Vq,
+    features: u64,
+    offered: u64,
+    capacity: u64,
+}
+
+impl Blk {
+    /// Start line, PCI listing, the first virtio-blk function initialised
+    /// with VERSION_1 and whichever of FLUSH, DISCARD, WRITE_ZEROES, RO it
+    /// offers, its queue live.
+    fn start() -> Blk {
+        println!("GUEST-TEST-START");
+        pci::enumerate();
+        let dev =
+            Device::probe(BLK_DEVICE).unwrap_or_else(|| fail("no virtio-blk (1af4:1042) on bus 0"));
+        dev.begin();
+        let offered = dev.device_features();
+        let features = F_VERSION_1 | offered & (F_FLUSH | F_DISCARD | F_WRITE_ZEROES | F_RO);
+        if dev.negotiate(features) & status::FEATURES_OK == 0 {
+            fail("device refused FEATURES_OK");
+        }
+        let mut vq = Vq::at(0, QSIZE, RING.addr());
+        dev.setup_queue(&mut vq);
+        if vq.size < 3 {
+            fail("request queue too small");
+        }
+        dev.driver_ok();
+        let capacity = dev.cfg64(0);
+        println!(
+            "GUEST-BLK-CONFIG capacity={capacity} queue_size={}",
+            vq.size
+        );
+        Blk {
+            dev,
+            vq,
+            features,
+            offered,
+            capacity,
+        }
+    }
+
+    fn has(&self, f: u64) -> bool {
+        self.features & f != 0
+    }
+
+    /// Requests that fit in the queue at once.
+    fn max_depth(&self) -> u16 {
+        (self.vq.size / 3).min(MAX_DEPTH)
+    }
+
+    /// Builds the request chain of `slot` and puts it in the available
+    /// ring without publishing it.
+    fn submit(&mut self, slot: u16, kind: u32, sector: u64, buf: Option<Buf>) {
+        let h = header(slot);
+        write32(h, kind);
+        write32(h + 4, 0);
+        write64(h + 8, sector);
+        write8(status_byte(slot), STATUS_UNSET);
+        let d = 3 * slot;
+        match buf {
+            Some(b) => {
+                self.vq.set_desc(d, h, 16, DESC_NEXT, d + 1);
+                let w = if b.writable { DESC_WRITE } else { 0 };
+                self.vq.set_desc(d + 1, b.addr, b.len, DESC_NEXT | w, d + 2);
+            }
+            None => self.vq.set_desc(d, h, 16, DESC_NEXT, d + 2),
+        }
+        self.vq.set_desc(d + 2, status_byte(slot), 1, DESC_WRITE, 0);
+        self.vq.push(d);
+    }
+
+    /// Publishes what was submitted and notifies the device.
+    fn kick(&mut self) {
+        self.vq.publish_pushed();
+        self.dev.notify(&self.vq);
+    }
+
+    /// A completed request, if the device has returned one.
+    fn poll(&mut self) -> Option<Done> {
+        let (id, used_len) = self.vq.poll_used()?;
+        if id % 3 != 0 || id >= u32::from(3 * self.max_depth()) {
+            println!("GUEST-FAIL used id {id} is no request head");
+            power::poweroff()
+        }
+        let slot = (id / 3) as u16;
+        Some(Done {
+            slot,
+            status: read8(status_byte(slot)),
+            used_len,
+        })
+    }
+
+    /// Waits (at most [`REQUEST_SECONDS`]) for the next completion.
+    fn wait(&mut self) -> Done {
+        let mut deadline = Deadline::after(REQUEST_SECONDS);
+        loop {
+            if let Some(d) = self.poll() {
+                return d;
+            }
+            if deadline.expired() {
+                fail("no used buffer from virtio-blk");
+            }
+            core::hint::spin_loop();
+        }
+    }
+
+    /// One request in slot 0, waited for: (status, used length).
+    fn request(&mut self, kind: u32, sector: u64, buf: Option<Buf>) -> (u8, u32) {
+        self.submit(0, kind, sector, buf);
+        self.kick();
+        let d = self.wait();
+        (d.status, d.used_len)
+    }
+
+    /// A request that must succeed.
+    fn request_ok(&mut self, what: &str, kind: u32, sector: u64, buf: Option<Buf>) -> u32 {
+        let (s, len) = self.request(kind, sector, buf);
+        if s != S_OK {
+            println!("GUEST-FAIL {what}: status {s}");
+            power::poweroff()
+        }
+        len
+    }
+
+    /// A discard or write-zeroes of `num` sectors at `sector` (one segment
+    /// with `flags`).
+    fn range_request(&mut self, kind: u32, sector: u64, num: u32, flags: u32) -> u8 {
+        let seg = segment(0);
+        write64(seg, sector);
+        write32(seg + 8, num);
+        write32(seg + 12, flags);
+        self.request(kind, sector, Buf::write_from(seg, 16)).0
+    }
+}
+
+/// Fills `len` bytes at data offset `off` with the pattern of sectors from
+/// `sector` on.
+fn fill_pattern(off: u64, sector: u64, len: u64) {
+    for i in 0..len {
+        write8(data(off + i), pattern(sector + i / SECTOR, i % SECTOR));
+    }
+}
+
+fn fill(off: u64, len: u64, byte: u8) {
+    for i in 0..len {
+        write8(data(off + i), byte);
+    }
+}
+
+/// Checks the pattern at data offset `off`; fails naming the first bad byte.
+fn check_pattern(what: &str, off: u64, sector: u64, len: u64) {
+    for i in 0..len {
+        let (got, want) = (
+            read8(data(off + i)),
+            pattern(sector + i / SECTOR, i % SECTOR),
+        );
+        if got != want {
+            println!("GUEST-FAIL {what}: byte {i} is {got:#04x}, wrote {want:#04x}");
+            power::poweroff()
+        }
+    }
+}
+
+fn check_used(what: &str, got: u32, want: u32) {
+    if got != want {
+        println!("GUEST-FAIL {what}: used length {got}, wanted {want}");
+        power::poweroff()
+    }
+}
+
+fn blk_io(_: &Cmdline) -> ! {
+    let mut b = Blk::start();
+    let cap = b.capacity;
+    if cap < 64 {
+        fail("the disk needs at least 64 sectors");
+    }
+    // Sectors 0..8 from data +0, the last sector from data +4096.
+    fill_pattern(0, 0, 8 * SECTOR);
+    fill_pattern(4096, cap - 1, SECTOR);
+    let len = b.request_ok(
+        "write sectors 0..8",
+        T_OUT,
+        0,
+        Buf::write_from(data(0), 4096),
+    );
+    check_used("write", len, 1);
+    b.request_ok(
+        "write the last sector",
+        T_OUT,
+        cap - 1,
+        Buf::write_from(data(4096), SECTOR as u32),
+    );
+    if b.has(F_FLUSH) {
+        b.request_ok("flush", T_FLUSH, 0, None);
+        println!("GUEST-BLK-FLUSH ok");
+    } else {
+        println!("GUEST-BLK-SKIP flush (not offered)");
+    }
+
+    // Read back into fresh buffers at +8192 and +12288.
+    fill(8192, 4096 + SECTOR, 0xee);
+    let len = b.request_ok(
+        "read sectors 0..8",
+        T_IN,
+        0,
+        Buf::read_into(data(8192), 4096),
+    );
+    check_used("read sectors 0..8", len, 4096 + 1);
+    check_pattern("read sectors 0..8", 8192, 0, 8 * SECTOR);
+    let len = b.request_ok(
+        "read the last sector",
+        T_IN,
+        cap - 1,
+        Buf::read_into(data(12288), SECTOR as u32),
+    );
+    check_used("read the last sector", len, SECTOR as u32 + 1);
+    check_pattern("read the last sector", 12288, cap - 1, SECTOR);
+    println!("GUEST-BLK-READBACK ok");
+
+    // GET_ID: 20 bytes, NUL-padded.
+    let id = data(16384);
+    fill(16384, 20, 0);
+    b.request_ok("get id", T_GET_ID, 0, Buf::read_into(id, 20));
+    crate::print!("GUEST-BLK-ID ");
+    for i in 0..20 {
+        let c = read8(id + i);
+        if c == 0 {
+            break;
+        }
+        let c = if c.is_ascii_graphic() { c } else { b'?' };
+        crate::print!("{}", c as char);
+    }
+    println!();
+
+    if b.has(F_DISCARD) {
+        let s = b.range_request(T_DISCARD, 16, 8, 0);
+        if s != S_OK {
+            println!("GUEST-FAIL discard 16..24: status {s}");
+            power::poweroff()
+        }
+        println!("GUEST-BLK-DISCARD ok");
+    } else {
+        println!("GUEST-BLK-SKIP discard (not offered)");
+    }
+    if b.has(F_WRITE_ZEROES) {
+        let s = b.range_request(T_WRITE_ZEROES, 32, 8, 0);
+        if s != S_OK {
+            println!("GUEST-FAIL write-zeroes 32..40: status {s}");
+            power::poweroff()
+        }
+        fill(8192, 4096, 0xee);
+        b.request_ok(
+            "read sectors 32..40",
+            T_IN,
+            32,
+            Buf::read_into(data(8192), 4096),
+        );
+        if let Some(i) = (0..4096).find(|&i| read8(data(8192 + i)) != 0) {
+            println!("GUEST-FAIL write-zeroes: byte {i} of sectors 32..40 is not 0");
+            power::poweroff()
+        }
+        println!("GUEST-BLK-WRITE-ZEROES ok");
+    } else {
+        println!("GUEST-BLK-SKIP write-zeroes (not offered)");
+    }
+    println!("GUEST-BLK-OK capacity={cap}");
+    finish()
+}
+
+fn blk_errors(_: &Cmdline) -> ! {
+    let mut b = Blk::start();
+    let cap = b.capacity;
+    let ro = b.offered & F_RO != 0;
+    println!("GUEST-BLK-RO offered={}", u8::from(ro));
+    let one = SECTOR as u32;
+
+    let (s, _) = b.request(T_IN, 0, Buf::read_into(data(0), one));
+    println!("GUEST-BLK-STATUS read={s}");
+    crate::print!("GUEST-BLK-SECTOR0 ");
+    for i in 0..16 {
+        crate::print!("{:02x}", read8(data(i)));
+    }
+    println!();
+    let (s, _) = b.request(T_IN, cap, Buf::read_into(data(0), one));
+    println!("GUEST-BLK-STATUS read-beyond-capacity={s}");
+    let (s, _) = b.request(T_IN, cap - 1, Buf::read_into(data(0), 2 * one));
+    println!("GUEST-BLK-STATUS read-across-end={s}");
+    let (s, _) = b.request(99, 0, None);
+    println!("GUEST-BLK-STATUS unknown-type={s}");
+    if ro {
+        fill(4096, SECTOR, 0x77);
+        let (s, _) = b.request(T_OUT, 0, Buf::write_from(data(4096), one));
+        println!("GUEST-BLK-STATUS ro-write={s}");
+        if b.has(F_DISCARD) {
+            let s = b.range_request(T_DISCARD, 0, 8, 0);
+            println!("GUEST-BLK-STATUS ro-discard={s}");
+        }
+        if b.has(F_WRITE_ZEROES) {
+            let s = b.range_request(T_WRITE_ZEROES, 0, 8, 0);
+            println!("GUEST-BLK-STATUS ro-write-zeroes={s}");
+        }
+    } else {
+        fill(4096, SECTOR, 0x77);
+        let (s, _) = b.request(T_OUT, cap, Buf::write_from(data(4096), one));
+        println!("GUEST-BLK-STATUS write-beyond-capacity={s}");
+    }
+    finish()
+}
+
+/// The header in a device-writable buffer: the chain has no readable part.
+fn bad_writable_header(_: &Cmdline) -> ! {
+    let mut b = Blk::start();
+    let h = header(0);
+    write32(h, T_IN);
+    write64(h + 8, 0);
+    b.vq.set_desc(0, h, 16, DESC_NEXT | DESC_WRITE, 1);
+    b.vq.set_desc(1, data(0), SECTOR as u32, DESC_NEXT | DESC_WRITE, 2);
+    b.vq.set_desc(2, status_byte(0), 1, DESC_WRITE, 0);
+    b.vq.push(0);
+    b.kick();
+    println!("GUEST-AFTER-BAD");
+    let mut deadline = Deadline::after(2);
+    while !deadline.expired() {
+        if b.dev.status() & status::DEVICE_NEEDS_RESET != 0 {
+            break;
+        }
+        core::hint::spin_loop();
+    }
+    println!("GUEST-STATUS {:#04x}", b.dev.status());
+    power::poweroff()
+}
+
+/// A xorshift64 generator for the random offsets.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.0 = x;
+        x
+    }
+}
+
+/// Per second, from `n` events in `cycles` TSC ticks.
+fn per_second(n: u64, cycles: u64, khz: u64) -> u64 {
+    (u128::from(n) * u128::from(khz) * 1000 / u128::from(cycles.max(1))) as u64
+}
+
+/// Runs `count` reads of `len` bytes with up to `depth` in flight, slot
+/// `s` reading into data + `s * len`; `next_sector` says where each goes.
+/// Returns the TSC ticks taken.
+fn read_loop(
+    b: &mut Blk,
+    count: u64,
+    depth: u16,
+    len: u32,
+    mut next_sector: impl FnMut() -> u64,
+) -> u64 {
+    let t0 = rdtsc();
+    let mut submitted = 0u64;
+    let mut completed = 0u64;
+    for slot in 0..depth {
+        if submitted == count {
+            break;
+        }
+        let addr = data(u64::from(slot) * u64::from(len));
+        b.submit(slot, T_IN, next_sector(), Buf::read_into(addr, len));
+        submitted += 1;
+    }
+    b.kick();
+    let mut idle_polls = 0u64;
+    while completed < count {
+        // Drain every completion, refill those slots, then one notify.
+        let mut resubmitted = false;
+        while let Some(d) = b.poll() {
+            if d.status != S_OK {
+                println!("GUEST-FAIL benchmark read: status {}", d.status);
+                power::poweroff()
+            }
+            completed += 1;
+            if submitted < count {
+                let addr = data(u64::from(d.slot) * u64::from(len));
+                b.submit(d.slot, T_IN, next_sector(), Buf::read_into(addr, len));
+                submitted += 1;
+                resubmitted = true;
+            }
+        }
+        if resubmitted {
+            b.kick();
+            idle_polls = 0;
+        } else {
+            idle_polls += 1;
+            if idle_polls > 1 << 32 {
+                fail("benchmark requests never completed");
+            }
+            core::hint::spin_loop();
+        }
+    }
+    rdtsc() - t0
+}
+
+/// `rand_count=N` (20000) 4 KiB reads at random 4 KiB-aligned offsets,
+/// `depth=D` (32) in flight; then `seq_mib=M` (256, at most the disk) MiB
+/// read sequentially in 1 MiB requests, `seq_depth=S` (4) in flight.
+fn bench_blk(cmdline: &Cmdline) -> ! {
+    let khz = clock::tsc_khz(cmdline);
+    let mut b = Blk::start();
+    let cap = b.capacity;
+    let max = b.max_depth();
+    let depth = (cmdline.get_u64("depth").unwrap_or(32) as u16).clamp(1, max);
+    let count = cmdline.get_u64("rand_count").unwrap_or(20_000);
+    let blocks = cap / 8;
+    if blocks == 0 {
+        fail("the disk is smaller than 4 KiB");
+    }
+    let mut rng = Rng(0x2545_f491_4f6c_dd1d);
+    let cycles = read_loop(&mut b, count, depth, 4096, || (rng.next() % blocks) * 8);
+    println!(
+        "GUEST-BENCH blk-4k-randread iops={} depth={depth} requests={count} tsc={cycles}",
+        per_second(count, cycles, khz)
+    );
+
+    const MIB: u64 = 1 << 20;
+    let seq_depth = (cmdline.get_u64("seq_depth").unwrap_or(4) as u16)
+        .clamp(1, (DATA_BYTES as u64 / MIB) as u16);
+    let disk_mib = cap * SECTOR / MIB;
+    let mib = cmdline.get_u64("seq_mib").unwrap_or(256);
+    if disk_mib == 0 {
+        fail("the disk is smaller than 1 MiB");
+    }
+    let mut next = 0u64;
+    let per_mib = MIB / SECTOR;
+    let cycles = read_loop(&mut b, mib, seq_depth, MIB as u32, || {
+        let s = next * per_mib;
+        next = (next + 1) % disk_mib;
+        s
+    });
+    println!(
+        "GUEST-BENCH blk-1m-seqread mbps={} depth={seq_depth} mib={mib} tsc={cycles}",
+        per_second(mib, cycles, khz)
+    );
+    finish()
+}
