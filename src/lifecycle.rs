@@ -65,7 +65,11 @@ pub fn block_signals() -> libc::sigset_t {
 /// guest, SIGTERM/SIGINT ask it to shut down and SIGHUP to reboot, with
 /// vmd's timeouts; otherwise (or on a second signal while one such request
 /// is pending) SIGHUP reboots and the others stop the guest at once.
-pub fn spawn_signal_thread(set: libc::sigset_t, control: devices::VmControl, vmmci: Option<VmmciControl>) {
+pub fn spawn_signal_thread(
+    set: libc::sigset_t,
+    control: devices::VmControl,
+    vmmci: Option<VmmciControl>,
+) {
     std::thread::Builder::new()
         .name("signals".into())
         .spawn(move || loop {
@@ -74,13 +78,26 @@ pub fn spawn_signal_thread(set: libc::sigset_t, control: devices::VmControl, vmm
             if unsafe { libc::sigwait(&set, &mut sig) } != 0 {
                 continue;
             }
-            let ask = if sig == libc::SIGHUP { Request::Reboot } else { Request::Shutdown };
+            let ask = if sig == libc::SIGHUP {
+                Request::Reboot
+            } else {
+                Request::Shutdown
+            };
             if let Some(Outcome::Sent) = vmmci.as_ref().map(|v| v.request(ask)) {
-                eprintln!("launcher: signal {sig}: asked the guest to {} through vmmci", if sig == libc::SIGHUP { "reboot" } else { "shut down" });
+                eprintln!(
+                    "launcher: signal {sig}: asked the guest to {} through vmmci",
+                    if sig == libc::SIGHUP {
+                        "reboot"
+                    } else {
+                        "shut down"
+                    }
+                );
                 continue;
             }
             if sig == libc::SIGHUP {
-                control.request(VmRequest::Reboot { reason: "SIGHUP".into() });
+                control.request(VmRequest::Reboot {
+                    reason: "SIGHUP".into(),
+                });
             } else {
                 control.request(VmRequest::Signal(sig));
             }

@@ -74,14 +74,23 @@ impl PciBuilder {
                 t.config_mut().set_interrupt(1, pin);
                 t.connect_interrupts()
                     .map_err(Error::io("wire a virtio device's interrupts"))?;
-                log::debug!("pci: {} (modern) BAR0 memory {addr:#x}, INTA -> IOAPIC pin {pin}", t.label());
+                log::debug!(
+                    "pci: {} (modern) BAR0 memory {addr:#x}, INTA -> IOAPIC pin {pin}",
+                    t.label()
+                );
                 let t = Arc::new(Mutex::new(t));
-                mmio.insert(Arc::new(Mutex::new(ModernBar(t.clone()))), addr, modern::BAR_SIZE)?;
+                mmio.insert(
+                    Arc::new(Mutex::new(ModernBar(t.clone()))),
+                    addr,
+                    modern::BAR_SIZE,
+                )?;
                 self.root.add(Arc::new(Mutex::new(ModernFunction(t))));
             }
             Transport::Legacy(identity) => {
                 let mut t = match identity {
-                    Some((id, size)) => LegacyTransport::with_identity(device, slot, self.hooks.clone(), id, size),
+                    Some((id, size)) => {
+                        LegacyTransport::with_identity(device, slot, self.hooks.clone(), id, size)
+                    }
                     None => LegacyTransport::new(device, slot, self.hooks.clone()),
                 };
                 let size = t.bar_size();
@@ -94,13 +103,20 @@ impl PciBuilder {
                 t.config_mut().set_interrupt(1, pin);
                 t.connect_interrupts()
                     .map_err(Error::io("wire a virtio device's interrupts"))?;
-                log::debug!("pci: {} (legacy) BAR0 ports {port:#x}+{size:#x}, INTA -> IOAPIC pin {pin}", t.label());
+                log::debug!(
+                    "pci: {} (legacy) BAR0 ports {port:#x}+{size:#x}, INTA -> IOAPIC pin {pin}",
+                    t.label()
+                );
                 let t = Arc::new(Mutex::new(t));
                 pio.insert(Arc::new(Mutex::new(LegacyBar(t.clone()))), port, size)?;
                 self.root.add(Arc::new(Mutex::new(LegacyFunction(t))));
             }
         }
-        self.intx.push(PciIntx { slot, pin: 0, ioapic_pin: pin });
+        self.intx.push(PciIntx {
+            slot,
+            pin: 0,
+            ioapic_pin: pin,
+        });
         Ok(())
     }
 

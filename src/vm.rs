@@ -33,9 +33,9 @@ use vmm_sys_util::eventfd::EventFd;
 use crate::cli::{NetArg, TapSource, VmConfig};
 use crate::error::{Error, Result};
 use crate::host::Host;
+use crate::pci::{PciBuilder, Transport};
 use crate::terminal::{self, ConsoleInput};
 use crate::vcpu::{self, Vcpu};
-use crate::pci::{PciBuilder, Transport};
 use crate::virtio::KvmHooks;
 
 /// Where KVM keeps its TSS and identity map on Intel: three pages just
@@ -142,14 +142,27 @@ impl Vm {
             ports::CMOS,
             ports::CMOS_LEN,
         )?;
-        let hooks = Arc::new(KvmHooks::new(vm.clone(), mem.clone(), control.clone(), config.lenient));
-        hooks.install_routes().map_err(Error::io("set up interrupt routing"))?;
+        let hooks = Arc::new(KvmHooks::new(
+            vm.clone(),
+            mem.clone(),
+            control.clone(),
+            config.lenient,
+        ));
+        hooks
+            .install_routes()
+            .map_err(Error::io("set up interrupt routing"))?;
         let console_input = InputQueue::new().map_err(Error::io("create an eventfd"))?;
         let mut mmio = Bus::new();
-        let bridge = if config.vmd { HostBridge::with_identity(vmd_identity_bridge()) } else { HostBridge::new() };
+        let bridge = if config.vmd {
+            HostBridge::with_identity(vmd_identity_bridge())
+        } else {
+            HostBridge::new()
+        };
         let mut pci = PciBuilder::new(bridge, control.clone(), hooks.clone());
         let transport = |ty: u16| match (config.vmd, config.legacy) {
-            (true, _) => Transport::Legacy(Some((legacy::vmd_identity(ty), legacy::DEFAULT_BAR_SIZE))),
+            (true, _) => {
+                Transport::Legacy(Some((legacy::vmd_identity(ty), legacy::DEFAULT_BAR_SIZE)))
+            }
             (false, true) => Transport::Legacy(None),
             (false, false) => Transport::Modern,
         };
@@ -157,7 +170,10 @@ impl Vm {
         // vmd has no virtio console (its guests use the 8250) and puts the
         // rng first; we otherwise follow lguest: console first, always.
         if !config.vmd {
-            devices.push(Box::new(Console::new(console_input.clone(), Box::new(std::io::stdout()))));
+            devices.push(Box::new(Console::new(
+                console_input.clone(),
+                Box::new(std::io::stdout()),
+            )));
         }
         if config.vmd && config.rng {
             devices.push(Box::new(Rng));
@@ -191,7 +207,9 @@ impl Vm {
             let (device, handle) = Vmmci::new(Box::new(move |ev| {
                 events.request(match ev {
                     VmmciEvent::ShutdownNow => VmRequest::Poweroff,
-                    VmmciEvent::RebootNow => VmRequest::Reboot { reason: "vmmci".into() },
+                    VmmciEvent::RebootNow => VmRequest::Reboot {
+                        reason: "vmmci".into(),
+                    },
                 })
             }));
             // vmmci is always last, as in vmd.
@@ -206,7 +224,11 @@ impl Vm {
         let rsdp = loader::acpi::setup_acpi(&mem, config.cpus, &intx)?;
         log::debug!("ACPI tables: RSDP at {:#x}", rsdp.0);
         loader::bootparams::set_acpi_rsdp(&mem, rsdp)?;
-        pio.insert(Arc::new(Mutex::new(pci)), pci::root::CONFIG_PORT, pci::root::CONFIG_PORT_LEN)?;
+        pio.insert(
+            Arc::new(Mutex::new(pci)),
+            pci::root::CONFIG_PORT,
+            pci::root::CONFIG_PORT_LEN,
+        )?;
         let pm = PowerManagement::new(control.clone());
         pio.insert(Arc::new(Mutex::new(pm)), ports::PM, ports::PM_LEN)?;
         let pio = Arc::new(pio);
@@ -299,7 +321,12 @@ impl ConsoleInput for SerialInput {
 
 /// vmd's host bridge (see docs/vmmci.md).
 fn vmd_identity_bridge() -> Identity {
-    Identity { vendor: 0x0b5d, device: 0x0666, class: 0x06, ..Default::default() }
+    Identity {
+        vendor: 0x0b5d,
+        device: 0x0666,
+        class: 0x06,
+        ..Default::default()
+    }
 }
 
 /// Opens or creates the tap a `--tunnet` argument names and puts a

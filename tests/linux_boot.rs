@@ -194,9 +194,19 @@ fn ext4_root_on_virtio_blk_keeps_guest_writes_and_the_guest_pings_the_tap() {
 
     let mut cmd = Command::new("ip");
     cmd.args(["netns", "exec", &ns.0, env!("CARGO_BIN_EXE_launcher")])
-        .args(["512", kernel.to_str().unwrap(), "root=/dev/vda", "console=hvc0"])
+        .args([
+            "512",
+            kernel.to_str().unwrap(),
+            "root=/dev/vda",
+            "console=hvc0",
+        ])
         .args(["--block", &root_arg, "--tunnet=192.168.19.1"])
-        .args(["check=net", "host_ip=192.168.19.1", "guest_ip=192.168.19.2", "finish=shell"])
+        .args([
+            "check=net",
+            "host_ip=192.168.19.1",
+            "guest_ip=192.168.19.2",
+            "finish=shell",
+        ])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
@@ -223,5 +233,10 @@ fn ext4_root_on_virtio_blk_keeps_guest_writes_and_the_guest_pings_the_tap() {
         .output()
         .expect("run debugfs (e2fsprogs)");
     let text = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(text.trim(), "launcher-was-here", "debugfs: {}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        text.trim(),
+        "launcher-was-here",
+        "debugfs: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

@@ -215,7 +215,12 @@ pub fn zero_page(
 /// so it need not scan the BIOS area for it.
 pub fn set_acpi_rsdp(mem: &GuestMemory, rsdp: GuestAddress) -> Result<()> {
     let field = std::mem::offset_of!(boot_params, acpi_rsdp_addr) as u64;
-    write_guest(mem, "ACPI RSDP pointer", ZERO_PAGE_ADDR + field, &rsdp.0.to_le_bytes())
+    write_guest(
+        mem,
+        "ACPI RSDP pointer",
+        ZERO_PAGE_ADDR + field,
+        &rsdp.0.to_le_bytes(),
+    )
 }
 
 pub fn write_zero_page(mem: &GuestMemory, params: &boot_params) -> Result<GuestAddress> {
