@@ -151,6 +151,64 @@ fn virtio_console_and_rng_with_msix() {
     assert_ne!(a, b, "two reads gave the same bytes");
     g.wait_for("GUEST-CHECK-END rng rc=0", BOOT);
     g.wait_for("GUEST-DONE", BOOT);
+    // The probe ends with `poweroff -f`: ACPI S5 through the PM1a control
+    // register, which ends the launcher with exit code 0.
+    let status = g.wait_exit(BOOT);
+    assert_eq!(status.code(), Some(0), "{}", g.output());
+    assert!(!g.stderr().contains("bad driver"), "{}", g.stderr());
+}
+
+/// The same devices over the legacy (virtio 0.9.5) transport, as Linux's
+/// stock legacy driver sees them: console on hvc0, root on vda, rng; INTx
+/// interrupts routed through the ACPI `_PRT`; `poweroff` exits 0.
+#[test]
+fn legacy_transport_console_root_and_rng() {
+    let images = common::require_images();
+    let dir = TempDir::new("legacy");
+    let root = dir.path("root.ext4");
+    std::fs::copy(images.join("rootfs.ext4"), &root).expect("copy the root image");
+    let kernel = images.join("vmlinux");
+    let mut g = Guest::start(&[
+        "512",
+        kernel.to_str().unwrap(),
+        "--legacy",
+        "console=hvc0",
+        "root=/dev/vda",
+        "--block",
+        root.to_str().unwrap(),
+        "--rng",
+        "check=rng",
+    ]);
+    g.wait_for("GUEST-INIT", BOOT);
+    for (slot, id) in [("01", "0x1003"), ("02", "0x1001"), ("03", "0x1005")] {
+        let line = g.wait_for(&format!("GUEST-PCI 0000:00:{slot}.0"), BOOT);
+        assert!(
+            line.contains(&format!("0x1af4:{id}")) && line.contains("rev=0x00"),
+            "{line}"
+        );
+        assert!(line.contains("driver=virtio-pci"), "{line}");
+    }
+    for (n, dev, drv) in [
+        (0, "0x0003", "virtio_console"),
+        (1, "0x0002", "virtio_blk"),
+        (2, "0x0004", "virtio_rng"),
+    ] {
+        let line = g.wait_for(&format!("GUEST-VIRTIO virtio{n}"), BOOT);
+        assert!(
+            line.contains(&format!("device={dev}")) && line.contains(&format!("driver={drv}")),
+            "{line}"
+        );
+        // Legacy drivers never set FEATURES_OK.
+        assert!(line.contains("status=0x00000007"), "{line}");
+    }
+    let irq = g.wait_for("GUEST-IRQ", BOOT);
+    assert!(irq.contains("IO-APIC"), "legacy virtio uses INTx: {irq}");
+    let disk = g.wait_for("GUEST-BLOCK vda", BOOT);
+    assert!(disk.contains("sectors=32768"), "{disk}");
+    g.wait_for("GUEST-CHECK-END rng rc=0", BOOT);
+    g.wait_for("GUEST-DONE", BOOT);
+    let status = g.wait_exit(BOOT);
+    assert_eq!(status.code(), Some(0), "{}", g.output());
     assert!(!g.stderr().contains("bad driver"), "{}", g.stderr());
 }
 

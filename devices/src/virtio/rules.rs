@@ -73,8 +73,16 @@ rules! {
     IndirectNested => ("2.4.5.3.1", "an indirect table must not contain an indirect descriptor"),
     IndirectTableSize => ("2.4.5.3.1", "an indirect table's length must be a non-zero multiple of 16"),
     // Device-specific layouts (5.x)
-    WrongDirection => ("5", "the device's buffers must have the direction its queue uses"),
-    BufferTooShort => ("5", "a buffer must hold the header or payload the device type requires"),
+    NetTxBufferWritable => ("5.1.6.2", "virtio-net transmit buffers must be device-readable only"),
+    NetTxTooShort => ("5.1.6.2", "a virtio-net transmit chain must start with the whole virtio-net header"),
+    NetRxBufferReadable => ("5.1.6.3", "virtio-net receive buffers must be device-writable only"),
+    NetRxBufferTooShort => ("5.1.6.3.1", "a virtio-net receive buffer must hold at least the virtio-net header"),
+    BlkHeaderNotReadable => ("5.2.6", "a virtio-blk request starts with a device-readable header"),
+    BlkHeaderTooShort => ("5.2.6", "the virtio-blk request header (type, reserved, sector) is 16 bytes"),
+    BlkNoStatusByte => ("5.2.6", "a virtio-blk request ends with a device-writable status byte"),
+    BlkDataWrongDirection => ("5.2.6", "virtio-blk data is device-writable for reads, device-readable for writes"),
+    ConsoleBufferDirection => ("5.3.6", "console receiveq buffers must be device-writable, transmitq ones device-readable"),
+    RngBufferReadable => ("5.4.6.1", "the driver must not place device-readable buffers in the entropy queue"),
     // Legacy interface (4.1.4.8 / 0.9.5)
     LegacyQueuePfnBeforeFeatures => ("4.1.4.8", "a legacy driver sets its features before the queue address"),
 }

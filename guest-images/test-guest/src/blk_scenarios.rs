@@ -16,7 +16,14 @@
 //!   type 99, and either writes to a read-only disk (RO offered) or a write
 //!   beyond the end (writable disk).
 //! - `bad-blk-writable-header`: a request whose header is device-writable
-//!   (strict mode: `WrongDirection`).
+//!   (strict mode: `BlkHeaderNotReadable`).
+//! - `bad-blk-header-too-short`: an 8-byte header (`BlkHeaderTooShort`).
+//! - `bad-blk-no-status-byte`: a write without the status byte
+//!   (`BlkNoStatusByte`).
+//! - `bad-indirect-with-next`, `bad-indirect-nested`,
+//!   `bad-indirect-table-size`: with VIRTIO_F_RING_INDIRECT_DESC
+//!   negotiated, an indirect descriptor that also has NEXT, an indirect
+//!   table holding an indirect descriptor, and a 40-byte table.
 //! - `bench-blk`: 4 KiB random reads and 1 MiB sequential reads timed with
 //!   the TSC (`GUEST-BENCH ...`; see bench/README.md).
 
@@ -27,8 +34,8 @@ use crate::power;
 use crate::println;
 use crate::scenarios::{finish, rdtsc, Scenario};
 use crate::virtio::{
-    read8, status, write32, write64, write8, Device, Pages, Vq, BLK_DEVICE, DESC_NEXT, DESC_WRITE,
-    F_VERSION_1, RING_BYTES,
+    read8, set_desc_at, status, write32, write64, write8, Device, Pages, Vq, BLK_DEVICE,
+    DESC_INDIRECT, DESC_NEXT, DESC_WRITE, F_INDIRECT_DESC, F_VERSION_1, RING_BYTES,
 };
 use crate::virtio_scenarios::fail;
 
@@ -36,6 +43,11 @@ pub const SCENARIOS: &[(&str, Scenario)] = &[
     ("virtio-blk-io", blk_io),
     ("virtio-blk-errors", blk_errors),
     ("bad-blk-writable-header", bad_writable_header),
+    ("bad-blk-header-too-short", bad_header_too_short),
+    ("bad-blk-no-status-byte", bad_no_status_byte),
+    ("bad-indirect-with-next", bad_indirect_with_next),
+    ("bad-indirect-nested", bad_indirect_nested),
+    ("bad-indirect-table-size", bad_indirect_table_size),
     ("bench-blk", bench_blk),
 ];
 
@@ -148,13 +160,22 @@ impl Blk {
     /// with VERSION_1 and whichever of FLUSH, DISCARD, WRITE_ZEROES, RO it
     /// offers, its queue live.
     fn start() -> Blk {
+        Blk::start_with(0)
+    }
+
+    /// [`Blk::start`], also accepting `extra` (which must be offered).
+    fn start_with(extra: u64) -> Blk {
         println!("GUEST-TEST-START");
         pci::enumerate();
         let dev =
             Device::probe(BLK_DEVICE).unwrap_or_else(|| fail("no virtio-blk (1af4:1042) on bus 0"));
         dev.begin();
         let offered = dev.device_features();
-        let features = F_VERSION_1 | offered & (F_FLUSH | F_DISCARD | F_WRITE_ZEROES | F_RO);
+        if offered & extra != extra {
+            fail("virtio-blk does not offer the features the scenario needs");
+        }
+        let features =
+            F_VERSION_1 | extra | offered & (F_FLUSH | F_DISCARD | F_WRITE_ZEROES | F_RO);
         if dev.negotiate(features) & status::FEATURES_OK == 0 {
             fail("device refused FEATURES_OK");
         }
@@ -457,6 +478,12 @@ fn bad_writable_header(_: &Cmdline) -> ! {
     b.vq.set_desc(2, status_byte(0), 1, DESC_WRITE, 0);
     b.vq.push(0);
     b.kick();
+    after_bad(&b)
+}
+
+/// Prints `GUEST-AFTER-BAD`, waits (at most 2 s) for DEVICE_NEEDS_RESET,
+/// prints `GUEST-STATUS` and powers off.
+fn after_bad(b: &Blk) -> ! {
     println!("GUEST-AFTER-BAD");
     let mut deadline = Deadline::after(2);
     while !deadline.expired() {
@@ -467,6 +494,93 @@ fn bad_writable_header(_: &Cmdline) -> ! {
     }
     println!("GUEST-STATUS {:#04x}", b.dev.status());
     power::poweroff()
+}
+
+/// A T_IN request header for sector 0 in slot 0.
+fn bad_header() -> u64 {
+    let h = header(0);
+    write32(h, T_IN);
+    write32(h + 4, 0);
+    write64(h + 8, 0);
+    h
+}
+
+/// Only 8 of the 16 header bytes, then the status byte.
+fn bad_header_too_short(_: &Cmdline) -> ! {
+    let mut b = Blk::start();
+    let h = bad_header();
+    b.vq.set_desc(0, h, 8, DESC_NEXT, 1);
+    b.vq.set_desc(1, status_byte(0), 1, DESC_WRITE, 0);
+    b.vq.push(0);
+    b.kick();
+    after_bad(&b)
+}
+
+/// A write of one sector whose chain ends with its (readable) data: no
+/// device-writable status byte.
+fn bad_no_status_byte(_: &Cmdline) -> ! {
+    let mut b = Blk::start();
+    let h = bad_header();
+    write32(h, T_OUT);
+    write64(h + 8, 1);
+    b.vq.set_desc(0, h, 16, DESC_NEXT, 1);
+    b.vq.set_desc(1, data(0), SECTOR as u32, 0, 0);
+    b.vq.push(0);
+    b.kick();
+    after_bad(&b)
+}
+
+/// Where the indirect tables go: the data area's last page.
+fn table() -> u64 {
+    data(DATA_BYTES as u64 - 0x1000)
+}
+
+/// A well-formed three-entry read request (header, one sector, status) in
+/// the indirect table at `t`.
+fn indirect_request(t: u64) {
+    let h = bad_header();
+    write8(status_byte(0), STATUS_UNSET);
+    set_desc_at(t, 0, h, 16, DESC_NEXT, 1);
+    set_desc_at(t, 1, data(0), SECTOR as u32, DESC_NEXT | DESC_WRITE, 2);
+    set_desc_at(t, 2, status_byte(0), 1, DESC_WRITE, 0);
+}
+
+/// An indirect descriptor that also has NEXT set.
+fn bad_indirect_with_next(_: &Cmdline) -> ! {
+    let mut b = Blk::start_with(F_INDIRECT_DESC);
+    let t = table();
+    indirect_request(t);
+    b.vq.set_desc(0, t, 48, DESC_INDIRECT | DESC_NEXT, 1);
+    b.vq.set_desc(1, status_byte(1), 1, DESC_WRITE, 0);
+    b.vq.push(0);
+    b.kick();
+    after_bad(&b)
+}
+
+/// An indirect table whose second entry is itself indirect.
+fn bad_indirect_nested(_: &Cmdline) -> ! {
+    let mut b = Blk::start_with(F_INDIRECT_DESC);
+    let t = table();
+    let inner = t + 0x100;
+    indirect_request(inner);
+    let h = bad_header();
+    set_desc_at(t, 0, h, 16, DESC_NEXT, 1);
+    set_desc_at(t, 1, inner + 16, 32, DESC_INDIRECT, 0);
+    b.vq.set_desc(0, t, 32, DESC_INDIRECT, 0);
+    b.vq.push(0);
+    b.kick();
+    after_bad(&b)
+}
+
+/// An indirect table of 40 bytes: not a multiple of 16.
+fn bad_indirect_table_size(_: &Cmdline) -> ! {
+    let mut b = Blk::start_with(F_INDIRECT_DESC);
+    let t = table();
+    indirect_request(t);
+    b.vq.set_desc(0, t, 40, DESC_INDIRECT, 0);
+    b.vq.push(0);
+    b.kick();
+    after_bad(&b)
 }
 
 /// A xorshift64 generator for the random offsets.

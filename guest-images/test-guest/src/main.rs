@@ -18,6 +18,7 @@ pub mod boot;
 pub mod clock;
 pub mod cmdline;
 pub mod console_scenarios;
+pub mod legacy_scenarios;
 pub mod mem;
 pub mod net_scenarios;
 pub mod pci;

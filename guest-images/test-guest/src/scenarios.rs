@@ -36,6 +36,7 @@ pub fn run(cmdline: &Cmdline) -> ! {
     crate::console_scenarios::run(name, cmdline);
     crate::blk_scenarios::run(name, cmdline);
     crate::net_scenarios::run(name, cmdline);
+    crate::legacy_scenarios::run(name, cmdline);
     panic!("unknown scenario {name:?}")
 }
 

@@ -43,6 +43,7 @@ pub const BAD: &[(&str, Bad)] = &[
     ("bad-status-cleared-bit", bad_status_cleared_bit),
     ("bad-status-failed-then-more", bad_status_failed_then_more),
     ("bad-feature-not-offered", bad_feature_not_offered),
+    ("bad-features-ok-refused", bad_features_ok_refused),
     (
         "bad-feature-after-features-ok",
         bad_feature_after_features_ok,
@@ -265,6 +266,20 @@ fn bad_feature_not_offered() -> Device {
     d.begin();
     // Bit 5 is not offered by virtio-rng.
     d.negotiate(F_VERSION_1 | 1 << 5);
+    d
+}
+
+/// Goes on after the device refused FEATURES_OK (a lenient-mode scenario:
+/// strict mode already stops at the `FeatureNotOffered` that causes the
+/// refusal): sets queue 0 up and sets DRIVER_OK anyway.
+fn bad_features_ok_refused() -> Device {
+    let d = start();
+    d.begin();
+    let s = d.negotiate(F_VERSION_1 | 1 << 5);
+    println!("GUEST-FEATURES-OK-REFUSED status={s:#04x}");
+    let mut vq = Vq::new(0, QSIZE);
+    d.setup_queue(&mut vq);
+    d.driver_ok();
     d
 }
 

@@ -175,7 +175,7 @@ impl BlockQueue {
         let head = chain.head;
         if readable == 0 {
             return Err(Violation::new(
-                Rule::WrongDirection,
+                Rule::BlkHeaderNotReadable,
                 format!(
                     "request {head}: the 16-byte header must be device-readable, but the chain is {writable} device-writable bytes"
                 ),
@@ -183,7 +183,7 @@ impl BlockQueue {
         }
         if readable < HEADER_LEN {
             return Err(Violation::new(
-                Rule::BufferTooShort,
+                Rule::BlkHeaderTooShort,
                 format!(
                     "request {head}: {readable} device-readable bytes, too few for the 16-byte header"
                 ),
@@ -207,7 +207,7 @@ impl BlockQueue {
         };
         if writable == 0 {
             return Err(Violation::new(
-                Rule::BufferTooShort,
+                Rule::BlkNoStatusByte,
                 format!(
                     "{}: no device-writable status byte at the end",
                     req.describe()
@@ -221,7 +221,7 @@ impl BlockQueue {
         };
         if wrong_direction {
             return Err(Violation::new(
-                Rule::WrongDirection,
+                Rule::BlkDataWrongDirection,
                 format!(
                     "{}: its data must be device-{} only",
                     req.describe(),
@@ -1170,7 +1170,7 @@ mod tests {
         let r = run(h.as_mut(), &mem, &[(HDR, 16, true), (STATUS, 1, true)]);
         expect(
             r,
-            Rule::WrongDirection,
+            Rule::BlkHeaderNotReadable,
             "request 0: the 16-byte header must be device-readable",
         );
         let mut h = handler(&mut b, ALL);
@@ -1179,7 +1179,7 @@ mod tests {
             &mem,
             &[(HDR, 8, false), (HDR + 8, 4, false), (STATUS, 1, true)],
         );
-        expect(r, Rule::BufferTooShort, "12 device-readable bytes");
+        expect(r, Rule::BlkHeaderTooShort, "12 device-readable bytes");
     }
 
     #[test]
@@ -1196,7 +1196,7 @@ mod tests {
         );
         expect(
             r,
-            Rule::BufferTooShort,
+            Rule::BlkNoStatusByte,
             "request 0 (T_OUT, sector 1): 512 device-readable",
         );
         assert!(disk.contents() == TempDisk::new(16 * SECTOR).contents());
@@ -1219,7 +1219,7 @@ mod tests {
             let mut h = handler(&mut b, ALL);
             let r = simple(h.as_mut(), &mem, kind, 0, &[SECTOR as u32], writable);
             let v = r.unwrap_err();
-            assert_eq!(v.rule, Rule::WrongDirection, "{v}");
+            assert_eq!(v.rule, Rule::BlkDataWrongDirection, "{v}");
             assert!(v.detail.contains(&type_name(kind)), "{v}");
             assert!(v.detail.contains(needle), "{v}");
         }

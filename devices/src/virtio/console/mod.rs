@@ -131,7 +131,7 @@ impl QueueHandler for Receive {
             };
             if chain.readable().next().is_some() {
                 return Err(Violation::new(
-                    Rule::WrongDirection,
+                    Rule::ConsoleBufferDirection,
                     format!("receive buffer {} is device-readable", chain.head),
                 ));
             }
@@ -165,7 +165,7 @@ impl QueueHandler for Transmit {
         while let Some(chain) = queue.pop(mem)? {
             if chain.writable().next().is_some() {
                 return Err(Violation::new(
-                    Rule::WrongDirection,
+                    Rule::ConsoleBufferDirection,
                     format!("transmit buffer {} is device-writable", chain.head),
                 ));
             }

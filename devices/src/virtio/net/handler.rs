@@ -208,7 +208,7 @@ impl RxQueue {
         };
         if let Some(b) = chain.readable().next() {
             return Err(Violation::new(
-                Rule::WrongDirection,
+                Rule::NetRxBufferReadable,
                 format!(
                     "receive chain {} has a device-readable buffer ({} bytes at {:#x})",
                     chain.head, b.len, b.addr.0
@@ -218,7 +218,7 @@ impl RxQueue {
         let len = chain.writable_len();
         if len < self.hdr_len as u64 {
             return Err(Violation::new(
-                Rule::BufferTooShort,
+                Rule::NetRxBufferTooShort,
                 format!(
                     "receive chain {} holds {len} bytes, less than the {}-byte virtio-net header",
                     chain.head, self.hdr_len
@@ -422,7 +422,7 @@ impl QueueHandler for TxQueue {
         while let Some(chain) = queue.pop(mem)? {
             if let Some(b) = chain.writable().next() {
                 return Err(Violation::new(
-                    Rule::WrongDirection,
+                    Rule::NetTxBufferWritable,
                     format!(
                         "transmit chain {} has a device-writable buffer ({} bytes at {:#x})",
                         chain.head, b.len, b.addr.0
@@ -432,7 +432,7 @@ impl QueueHandler for TxQueue {
             let len = chain.readable_len();
             if len < self.hdr_len as u64 {
                 return Err(Violation::new(
-                    Rule::BufferTooShort,
+                    Rule::NetTxTooShort,
                     format!(
                         "transmit chain {} holds {len} bytes, less than the {}-byte virtio-net header",
                         chain.head, self.hdr_len
@@ -680,7 +680,7 @@ mod tests {
         drv.post(&[(0x1000, 64, false), (0x2000, 16, true)]);
         expect(
             tx.process(&mut q, &mem),
-            Rule::WrongDirection,
+            Rule::NetTxBufferWritable,
             "transmit chain 0 has a device-writable buffer (16 bytes at 0x2000)",
         );
     }
@@ -693,7 +693,7 @@ mod tests {
         drv.post(&[(0x1000, 4, false), (0x2000, 7, false)]);
         expect(
             tx.process(&mut q, &mem),
-            Rule::BufferTooShort,
+            Rule::NetTxTooShort,
             "transmit chain 0 holds 11 bytes, less than the 12-byte virtio-net header",
         );
         assert_eq!(recv(&mut peer), None);
@@ -835,7 +835,7 @@ mod tests {
         peer.write_all(&frame(60, 1)).unwrap();
         expect(
             rx.process(&mut q, &mem),
-            Rule::BufferTooShort,
+            Rule::NetRxBufferTooShort,
             "receive chain 0 holds 8 bytes, less than the 12-byte virtio-net header",
         );
     }
@@ -849,7 +849,7 @@ mod tests {
         peer.write_all(&frame(60, 1)).unwrap();
         expect(
             rx.process(&mut q, &mem),
-            Rule::WrongDirection,
+            Rule::NetRxBufferReadable,
             "receive chain 0 has a device-readable buffer (12 bytes at 0x1000)",
         );
     }

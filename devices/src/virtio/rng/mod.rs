@@ -67,7 +67,7 @@ impl QueueHandler for RngQueue {
         while let Some(chain) = queue.pop(mem)? {
             if chain.readable().next().is_some() || chain.writable_len() == 0 {
                 return Err(Violation::new(
-                    Rule::WrongDirection,
+                    Rule::RngBufferReadable,
                     format!(
                         "request {} has device-readable buffers or no writable space",
                         chain.head

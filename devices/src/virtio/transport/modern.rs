@@ -166,6 +166,9 @@ pub struct ModernTransport {
     driver_features: u64,
     msix_config: u16,
     status: u8,
+    /// The device refused FEATURES_OK since the last reset (§3.1.1): the
+    /// driver must not set up queues or set DRIVER_OK.
+    features_refused: bool,
     queue_select: u16,
     queues: Vec<QueueRegs>,
     workers: Vec<(Worker, EventFd, u64)>,
@@ -256,6 +259,7 @@ impl ModernTransport {
             driver_features: 0,
             msix_config: NO_VECTOR,
             status: 0,
+            features_refused: false,
             queue_select: 0,
             queues,
             workers: Vec::new(),
@@ -432,6 +436,12 @@ impl ModernTransport {
                 format!("queue {q} field {field:#x} = {v:#x}"),
             );
         }
+        if self.features_refused {
+            return self.violate(
+                Rule::FeaturesOkRefused,
+                format!("queue {q} field {field:#x} = {v:#x} after FEATURES_OK was refused"),
+            );
+        }
         if self.status & status::FEATURES_OK == 0 {
             return self.violate(
                 Rule::QueueSetupBeforeFeaturesOk,
@@ -554,6 +564,12 @@ impl ModernTransport {
                 format!("status {old:#04x} -> {new:#04x}"),
             );
         }
+        if self.features_refused && added & status::DRIVER_OK != 0 {
+            return self.violate(
+                Rule::FeaturesOkRefused,
+                format!("status {old:#04x} -> {new:#04x} after FEATURES_OK was refused"),
+            );
+        }
         let needs = |bit: u8, before: u8| added & bit != 0 && new & before != before;
         if needs(status::DRIVER, status::ACKNOWLEDGE)
             || needs(status::FEATURES_OK, status::ACKNOWLEDGE | status::DRIVER)
@@ -571,8 +587,10 @@ impl ModernTransport {
         self.status = new & !status::DEVICE_NEEDS_RESET;
         if added & status::FEATURES_OK != 0 {
             // A feature set we cannot accept leaves FEATURES_OK clear, so
-            // a lenient run's driver sees the refusal (§2.2.2).
+            // a lenient run's driver sees the refusal (§2.2.2); going on
+            // regardless is `FeaturesOkRefused`.
             self.status &= !status::FEATURES_OK;
+            self.features_refused = true;
             let extra = self.driver_features & !self.offered();
             if extra != 0 {
                 return self.violate(
@@ -594,6 +612,7 @@ impl ModernTransport {
                 );
             }
             self.status |= status::FEATURES_OK;
+            self.features_refused = false;
             log::debug!(
                 "{}: features negotiated: {:#x}",
                 self.label,
@@ -694,6 +713,7 @@ impl ModernTransport {
         }
         self.device.reset();
         self.status = 0;
+        self.features_refused = false;
         self.needs_reset.store(false, Ordering::SeqCst);
         self.driver_features = 0;
         self.device_feature_select = 0;

@@ -1,0 +1,186 @@
+//! Scenarios for virtio-rng behind the legacy (0.9.5) PCI transport
+//! (`--legacy --rng`, 1af4:1005): no capabilities, one I/O BAR holding the
+//! whole register file, reached with port I/O from ring 3.
+//!
+//! - `virtio-rng-legacy`: a well-behaved legacy driver (reset, ACKNOWLEDGE,
+//!   DRIVER, guest features, queue 0 by PFN, DRIVER_OK) reads 32 random
+//!   bytes twice: `GUEST-RNG-LEGACY a=<hex> b=<hex>`.
+//! - `bad-legacy-queue-pfn-before-features`: writes queue 0's PFN before
+//!   ever writing GUEST_FEATURES (`LegacyQueuePfnBeforeFeatures`).
+
+use crate::cmdline::Cmdline;
+use crate::pci::{self, Slot};
+use crate::port::{inb, inl, inw, outb, outl, outw};
+use crate::power;
+use crate::scenarios::{finish, Scenario};
+use crate::virtio::{self, buffer, status, Pages, Vq, DESC_WRITE, RING_BYTES, VENDOR};
+use crate::virtio_scenarios::fail;
+use crate::{print, println};
+
+/// The transitional PCI device id of virtio-rng.
+pub const RNG_LEGACY_DEVICE: u16 = 0x1005;
+
+/// I/O BAR registers (virtio 0.9.5 / 1.0 §4.1.4.8).
+mod reg {
+    pub const HOST_FEATURES: u16 = 0;
+    pub const GUEST_FEATURES: u16 = 4;
+    pub const QUEUE_PFN: u16 = 8;
+    pub const QUEUE_NUM: u16 = 12;
+    pub const QUEUE_SEL: u16 = 14;
+    pub const QUEUE_NOTIFY: u16 = 16;
+    pub const STATUS: u16 = 18;
+}
+
+const COMMAND_IO: u16 = 1;
+const RANDOM_BYTES: usize = 32;
+/// Status reads to wait for DEVICE_NEEDS_RESET after misbehaving.
+const SETTLE_READS: u32 = 20_000;
+
+pub const SCENARIOS: &[(&str, Scenario)] = &[
+    ("virtio-rng-legacy", rng_legacy),
+    (
+        "bad-legacy-queue-pfn-before-features",
+        bad_legacy_queue_pfn_before_features,
+    ),
+];
+
+/// The legacy rings (page-aligned, room for 256 entries).
+static RING: Pages<RING_BYTES> = Pages::new();
+
+/// Runs `name` if it is one of ours; returns if it is not.
+pub fn run(name: &str, cmdline: &Cmdline) {
+    if let Some((_, f)) = SCENARIOS.iter().find(|(n, _)| *n == name) {
+        f(cmdline)
+    }
+}
+
+/// A legacy virtio function: its I/O BAR.
+struct Legacy {
+    io: u16,
+}
+
+impl Legacy {
+    /// Start line, PCI listing, the legacy rng found, I/O space and bus
+    /// mastering enabled, the device reset and ACKNOWLEDGE | DRIVER set.
+    fn start() -> Legacy {
+        println!("GUEST-TEST-START");
+        pci::enumerate();
+        let slot: Slot = pci::find(VENDOR, RNG_LEGACY_DEVICE)
+            .unwrap_or_else(|| fail("no legacy virtio-rng (1af4:1005) on bus 0"));
+        let bar = slot.read32(pci::BAR0);
+        if bar & 1 == 0 {
+            fail("BAR0 of the legacy function is not an I/O BAR");
+        }
+        let cmd = slot.read16(pci::COMMAND);
+        slot.write16(pci::COMMAND, cmd | COMMAND_IO | pci::COMMAND_BUS_MASTER);
+        let d = Legacy {
+            io: (bar & !3) as u16,
+        };
+        println!("GUEST-VIRTIO-LEGACY io={:#x}", d.io);
+        d.set_status(0);
+        d.set_status(status::ACKNOWLEDGE);
+        d.set_status(status::ACKNOWLEDGE | status::DRIVER);
+        d
+    }
+
+    fn status(&self) -> u8 {
+        inb(self.io + reg::STATUS)
+    }
+
+    fn set_status(&self, s: u8) {
+        outb(self.io + reg::STATUS, s)
+    }
+
+    /// Queue 0 selected; its (fixed) size, which must fit [`RING`].
+    fn queue0(&self) -> Vq {
+        outw(self.io + reg::QUEUE_SEL, 0);
+        let size = inw(self.io + reg::QUEUE_NUM);
+        if size == 0 || size > 256 || !size.is_power_of_two() {
+            println!("GUEST-FAIL legacy queue size {size}");
+            power::poweroff()
+        }
+        let mut vq = Vq::at(0, size, RING.addr());
+        // The legacy layout: available ring right after the descriptors,
+        // used ring on the next 4 KiB boundary.
+        let n = u64::from(size);
+        vq.avail = vq.desc + 16 * n;
+        vq.used = (vq.avail + 6 + 2 * n).next_multiple_of(4096);
+        virtio::write16(vq.avail, virtio::AVAIL_NO_INTERRUPT);
+        vq
+    }
+
+    fn set_pfn(&self, vq: &Vq) {
+        outl(self.io + reg::QUEUE_PFN, (vq.desc >> 12) as u32);
+    }
+
+    fn notify(&self, vq: &Vq) {
+        outw(self.io + reg::QUEUE_NOTIFY, vq.index);
+    }
+}
+
+/// One request for 32 device-writable bytes in buffer `n`.
+fn read_random(d: &Legacy, vq: &mut Vq, n: u64) -> [u8; RANDOM_BYTES] {
+    let head = (n % u64::from(vq.size)) as u16;
+    let addr = buffer(n);
+    vq.set_desc(head, addr, RANDOM_BYTES as u32, DESC_WRITE, 0);
+    vq.offer(head);
+    d.notify(vq);
+    let Some((id, len)) = vq.wait_used() else {
+        fail("no used buffer from the legacy virtio-rng")
+    };
+    if id != u32::from(head) || len as usize != RANDOM_BYTES {
+        println!("GUEST-FAIL used id={id} len={len}, wanted id={head} len={RANDOM_BYTES}");
+        power::poweroff()
+    }
+    let mut out = [0u8; RANDOM_BYTES];
+    for (i, b) in out.iter_mut().enumerate() {
+        *b = virtio::read8(addr + i as u64);
+    }
+    out
+}
+
+fn print_hex(bytes: &[u8]) {
+    for b in bytes {
+        print!("{b:02x}");
+    }
+}
+
+/// The well-behaved legacy driver: two requests of 32 bytes.
+fn rng_legacy(_: &Cmdline) -> ! {
+    let d = Legacy::start();
+    let host = inl(d.io + reg::HOST_FEATURES);
+    // virtio-rng has no device features a driver needs.
+    outl(d.io + reg::GUEST_FEATURES, 0);
+    println!("GUEST-VIRTIO-FEATURES offered={host:#x} accepted=0x0");
+    let mut vq = d.queue0();
+    d.set_pfn(&vq);
+    d.set_status(status::ACKNOWLEDGE | status::DRIVER | status::DRIVER_OK);
+    let a = read_random(&d, &mut vq, 0);
+    let b = read_random(&d, &mut vq, 1);
+    print!("GUEST-RNG-LEGACY a=");
+    print_hex(&a);
+    print!(" b=");
+    print_hex(&b);
+    println!();
+    println!("GUEST-STATUS {:#04x}", d.status());
+    if a == b {
+        fail("the two random reads are equal");
+    }
+    finish()
+}
+
+/// QUEUE_PFN before GUEST_FEATURES was ever written.
+fn bad_legacy_queue_pfn_before_features(_: &Cmdline) -> ! {
+    let d = Legacy::start();
+    let vq = d.queue0();
+    d.set_pfn(&vq);
+    println!("GUEST-AFTER-BAD");
+    for _ in 0..SETTLE_READS {
+        if d.status() & status::DEVICE_NEEDS_RESET != 0 {
+            break;
+        }
+        core::hint::spin_loop();
+    }
+    println!("GUEST-STATUS {:#04x}", d.status());
+    power::poweroff()
+}

@@ -1,0 +1,61 @@
+//! How a run ends, seen from outside: signals with and without a vmmci
+//! driver in the guest. The test guest never starts a vmmci driver, so the
+//! launcher must act at once instead of waiting for vmd's timeouts.
+
+mod common;
+
+use common::{test_guest, Guest};
+use std::time::{Duration, Instant};
+
+const TIMEOUT: Duration = Duration::from_secs(60);
+
+fn waiting_guest(extra: &[&str]) -> Guest {
+    let elf = test_guest::path();
+    let mut args = vec!["16", elf.to_str().unwrap(), "scenario=wait-forever"];
+    args.extend_from_slice(extra);
+    let mut g = Guest::start(&args);
+    g.wait_for("GUEST-WAITING", TIMEOUT);
+    g
+}
+
+fn signal(g: &Guest, sig: libc::c_int) {
+    // SAFETY: kill(2) on a child we started and have not reaped.
+    assert_eq!(unsafe { libc::kill(g.pid() as libc::pid_t, sig) }, 0);
+}
+
+#[test]
+fn sigterm_without_a_vmmci_driver_stops_at_once_with_143() {
+    let mut g = waiting_guest(&["--vmmci"]);
+    let t0 = Instant::now();
+    signal(&g, libc::SIGTERM);
+    let status = g.wait_exit(TIMEOUT);
+    assert_eq!(status.code(), Some(143), "{}", g.output());
+    assert!(
+        t0.elapsed() < Duration::from_secs(2),
+        "took {:?}: no vmmci timeout may apply",
+        t0.elapsed()
+    );
+    assert!(
+        g.stderr().contains("stopped by signal 15"),
+        "{}",
+        g.stderr()
+    );
+}
+
+#[test]
+fn sigint_stops_with_130() {
+    let mut g = waiting_guest(&[]);
+    signal(&g, libc::SIGINT);
+    let status = g.wait_exit(TIMEOUT);
+    assert_eq!(status.code(), Some(130), "{}", g.output());
+}
+
+#[test]
+fn sighup_without_a_vmmci_driver_reboots_at_once() {
+    let mut g = waiting_guest(&["--vmmci"]);
+    signal(&g, libc::SIGHUP);
+    g.wait_for("guest reboot (SIGHUP); starting boot #2", TIMEOUT);
+    g.wait_for("GUEST-WAITING", TIMEOUT);
+    signal(&g, libc::SIGTERM);
+    assert_eq!(g.wait_exit(TIMEOUT).code(), Some(143), "{}", g.output());
+}
