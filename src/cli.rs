@@ -73,6 +73,10 @@ pub struct Cli {
     #[arg(long)]
     pub vmmci: bool,
 
+    /// A Unix socket taking `shutdown`, `reboot` and `status` commands.
+    #[arg(long, value_name = "PATH")]
+    pub control: Option<PathBuf>,
+
     /// On a virtio rule broken by a guest driver, log it and set
     /// DEVICE_NEEDS_RESET instead of stopping the guest.
     #[arg(long)]
@@ -212,6 +216,7 @@ pub struct VmConfig {
     pub vmd: bool,
     pub vmmci: bool,
     pub lenient: bool,
+    pub control: Option<PathBuf>,
 }
 
 impl From<Cli> for VmConfig {
@@ -229,6 +234,7 @@ impl From<Cli> for VmConfig {
             vmd: cli.vmd,
             vmmci: cli.vmmci || cli.vmd,
             lenient: cli.lenient,
+            control: cli.control,
         }
     }
 }

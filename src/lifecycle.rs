@@ -61,10 +61,49 @@ pub fn block_signals() -> libc::sigset_t {
     }
 }
 
-/// Turns handled signals into requests. With a vmmci driver up in the
-/// guest, SIGTERM/SIGINT ask it to shut down and SIGHUP to reboot, with
-/// vmd's timeouts; otherwise (or on a second signal while one such request
-/// is pending) SIGHUP reboots and the others stop the guest at once.
+/// What the host (a signal, the control socket) asks of the guest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HostAsk {
+    /// Shut down; `signal` is the exit status to use when it has to be
+    /// done at once (128 + signal).
+    Shutdown {
+        signal: libc::c_int,
+    },
+    Reboot,
+}
+
+/// Carries out a host request: with a vmmci driver up in the guest it is
+/// asked to shut down or reboot cleanly, with vmd's timeouts; otherwise
+/// (or when the same request is already pending, i.e. asked twice) the
+/// launcher stops or reboots at once. Returns what was done, for replies.
+pub fn ask_guest(
+    ask: HostAsk,
+    why: &str,
+    control: &devices::VmControl,
+    vmmci: Option<&VmmciControl>,
+) -> &'static str {
+    let req = match ask {
+        HostAsk::Shutdown { .. } => Request::Shutdown,
+        HostAsk::Reboot => Request::Reboot,
+    };
+    if let Some(Outcome::Sent) = vmmci.map(|v| v.request(req)) {
+        let what = if ask == HostAsk::Reboot {
+            "reboot"
+        } else {
+            "shut down"
+        };
+        eprintln!("launcher: {why}: asked the guest to {what} through vmmci");
+        return "asked the guest through vmmci";
+    }
+    match ask {
+        HostAsk::Reboot => control.request(VmRequest::Reboot { reason: why.into() }),
+        HostAsk::Shutdown { signal } => control.request(VmRequest::Signal(signal)),
+    }
+    "done at once"
+}
+
+/// Turns handled signals into requests through [`ask_guest`]: SIGHUP
+/// reboots, the others shut down.
 pub fn spawn_signal_thread(
     set: libc::sigset_t,
     control: devices::VmControl,
@@ -79,28 +118,16 @@ pub fn spawn_signal_thread(
                 continue;
             }
             let ask = if sig == libc::SIGHUP {
-                Request::Reboot
+                HostAsk::Reboot
             } else {
-                Request::Shutdown
+                HostAsk::Shutdown { signal: sig }
             };
-            if let Some(Outcome::Sent) = vmmci.as_ref().map(|v| v.request(ask)) {
-                eprintln!(
-                    "launcher: signal {sig}: asked the guest to {} through vmmci",
-                    if sig == libc::SIGHUP {
-                        "reboot"
-                    } else {
-                        "shut down"
-                    }
-                );
-                continue;
-            }
-            if sig == libc::SIGHUP {
-                control.request(VmRequest::Reboot {
-                    reason: "SIGHUP".into(),
-                });
+            let why = if sig == libc::SIGHUP {
+                "SIGHUP".to_string()
             } else {
-                control.request(VmRequest::Signal(sig));
-            }
+                format!("signal {sig}")
+            };
+            ask_guest(ask, &why, &control, vmmci.as_ref());
         })
         .map(|_| ())
         .unwrap_or_else(|e| log::warn!("no signal thread, signals will kill the launcher: {e}"));
@@ -122,6 +149,7 @@ pub fn exit_code(req: &VmRequest) -> Option<i32> {
 /// Ends the process as `req` says: exit with its code, or re-exec.
 pub fn finish(req: VmRequest, argv: &[OsString]) -> ! {
     terminal::restore();
+    crate::control::cleanup();
     match &req {
         VmRequest::Poweroff => log::info!("guest powered off"),
         VmRequest::Reboot { reason } => {

@@ -5,6 +5,7 @@
 //! ([`lifecycle`]): exit with a documented code, or re-exec to reboot.
 
 mod cli;
+mod control;
 mod error;
 mod host;
 mod lifecycle;
@@ -52,6 +53,15 @@ fn main() {
         }
     };
     lifecycle::spawn_signal_thread(signals, vm.control(), vm.vmmci());
+    if let Some(path) = &config.control {
+        match control::bind(path) {
+            Ok(listener) => control::serve(listener, path.clone(), vm.control(), vm.vmmci()),
+            Err(e) => {
+                eprintln!("launcher: {e}");
+                std::process::exit(lifecycle::code::LAUNCHER_ERROR);
+            }
+        }
+    }
     terminal::make_raw();
     let outcome = vm.run();
     lifecycle::finish(outcome, &argv)

@@ -59,3 +59,39 @@ fn sighup_without_a_vmmci_driver_reboots_at_once() {
     signal(&g, libc::SIGTERM);
     assert_eq!(g.wait_exit(TIMEOUT).code(), Some(143), "{}", g.output());
 }
+
+/// Sends one command line to the control socket and returns the reply.
+fn command(path: &std::path::Path, cmd: &str) -> String {
+    use std::io::{BufRead, BufReader, Write};
+    let deadline = Instant::now() + TIMEOUT;
+    let mut s = loop {
+        match std::os::unix::net::UnixStream::connect(path) {
+            Ok(s) => break s,
+            Err(e) if Instant::now() < deadline => {
+                let _ = e;
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(e) => panic!("cannot connect to {}: {e}", path.display()),
+        }
+    };
+    writeln!(s, "{cmd}").unwrap();
+    let mut line = String::new();
+    BufReader::new(s).read_line(&mut line).unwrap();
+    line.trim().to_string()
+}
+
+#[test]
+fn control_socket_reports_status_reboots_and_shuts_down() {
+    let dir = common::TempDir::new("control");
+    let sock = dir.path("ctl.sock");
+    let mut g = waiting_guest(&["--vmmci", "--control", sock.to_str().unwrap()]);
+    assert_eq!(command(&sock, "status"), "running boot=1 vmmci=down");
+    assert!(command(&sock, "frobnicate").starts_with("error: unknown command"));
+    assert_eq!(command(&sock, "reboot"), "ok: done at once");
+    g.wait_for("guest reboot (control socket); starting boot #2", TIMEOUT);
+    g.wait_for("GUEST-WAITING", TIMEOUT);
+    assert_eq!(command(&sock, "status"), "running boot=2 vmmci=down");
+    assert_eq!(command(&sock, "shutdown"), "ok: done at once");
+    assert_eq!(g.wait_exit(TIMEOUT).code(), Some(143), "{}", g.output());
+    assert!(!sock.exists(), "the socket file is removed on exit");
+}

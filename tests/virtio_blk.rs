@@ -11,7 +11,9 @@
 //!   beyond the end and for writes to a read-only disk, UNSUPP (2) for an
 //!   unknown type, RO offered only with `,ro`; the file never changes.
 //! - `bad-blk-writable-header`: strict mode stops the launcher with exit
-//!   code 3 and one report naming virtio-blk and `WrongDirection`.
+//!   code 3 and one report naming virtio-blk and `BlkHeaderNotReadable`
+//!   (the other `bad-blk-*` and indirect-table scenarios are in
+//!   tests/virtio_strict.rs).
 //!
 //! Each run takes a fraction of a second; every launcher runs with a 60 s
 //! timeout.
@@ -319,7 +321,7 @@ fn header_in_a_writable_buffer_is_a_strict_violation() {
     let report = reports[0];
     assert!(
         report.starts_with("launcher: bad driver: virtio-blk 00:02.0")
-            && report.contains(": WrongDirection (virtio 1.0 §5): ")
+            && report.contains(": BlkHeaderNotReadable (virtio 1.0 §5.2.6): ")
             && report.contains("header must be device-readable"),
         "report: {report:?}"
     );
@@ -341,7 +343,7 @@ fn lenient_writable_header_sets_device_needs_reset() {
     assert!(
         r.stderr
             .lines()
-            .any(|l| l.contains("bad driver: virtio-blk") && l.contains("WrongDirection")),
+            .any(|l| l.contains("bad driver: virtio-blk") && l.contains("BlkHeaderNotReadable")),
         "no warning:\n{}",
         r.output
     );
