@@ -11,7 +11,7 @@
 use std::ffi::{CString, OsString};
 use std::os::unix::ffi::OsStrExt;
 
-use devices::virtio::vmmci::{Outcome, Request, VmmciControl};
+use devices::virtio::vmmci::{ClockWatch, Outcome, Request, VmmciControl};
 use devices::VmRequest;
 
 use crate::terminal;
@@ -131,6 +131,30 @@ pub fn spawn_signal_thread(
         })
         .map(|_| ())
         .unwrap_or_else(|e| log::warn!("no signal thread, signals will kill the launcher: {e}"));
+}
+
+/// Watches for host suspend/resume (the wall clock jumping against the
+/// monotonic clock) and then asks the guest, through vmmci, to re-read its
+/// RTC, which shows host time (`devices::legacy::cmos`).
+pub fn spawn_clock_watch(vmmci: VmmciControl) {
+    let spawned = std::thread::Builder::new()
+        .name("clock-watch".into())
+        .spawn(move || {
+            let mut watch = ClockWatch::new();
+            loop {
+                std::thread::sleep(std::time::Duration::from_secs(1));
+                if watch.jumped() {
+                    let sent = vmmci.sync_rtc();
+                    log::debug!(
+                        "host clock jumped; SYNCRTC {}",
+                        if sent { "sent" } else { "not sent (no driver)" }
+                    );
+                }
+            }
+        });
+    if let Err(e) = spawned {
+        log::warn!("no clock watch thread: {e}");
+    }
 }
 
 /// The exit code for a request that ends the run, or `None` for a reboot.

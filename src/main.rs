@@ -53,6 +53,9 @@ fn main() {
         }
     };
     lifecycle::spawn_signal_thread(signals, vm.control(), vm.vmmci());
+    if let Some(v) = vm.vmmci() {
+        lifecycle::spawn_clock_watch(v);
+    }
     if let Some(path) = &config.control {
         match control::bind(path) {
             Ok(listener) => control::serve(listener, path.clone(), vm.control(), vm.vmmci()),
