@@ -28,6 +28,7 @@ pub mod scenarios;
 pub mod serial;
 pub mod virtio;
 pub mod virtio_scenarios;
+pub mod vmmci_scenarios;
 
 use core::panic::PanicInfo;
 

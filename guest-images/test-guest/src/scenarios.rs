@@ -37,6 +37,7 @@ pub fn run(cmdline: &Cmdline) -> ! {
     crate::blk_scenarios::run(name, cmdline);
     crate::net_scenarios::run(name, cmdline);
     crate::legacy_scenarios::run(name, cmdline);
+    crate::vmmci_scenarios::run(name, cmdline);
     panic!("unknown scenario {name:?}")
 }
 
