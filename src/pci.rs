@@ -10,8 +10,9 @@
 use std::sync::{Arc, Mutex};
 
 use devices::pci::{HostBridge, Identity, PciRoot};
-use devices::virtio::transport::legacy::{LegacyBar, LegacyFunction, LegacyTransport};
-use devices::virtio::transport::modern::{self, ModernBar, ModernFunction, ModernTransport};
+use devices::virtio::transport::legacy::LegacyTransport;
+use devices::virtio::transport::modern::{self, ModernTransport};
+use devices::virtio::transport::shared::{Bar, Function};
 use devices::virtio::transport::VmHooks;
 use devices::virtio::VirtioDevice;
 use devices::{Bus, VmControl};
@@ -79,12 +80,8 @@ impl PciBuilder {
                     t.label()
                 );
                 let t = Arc::new(Mutex::new(t));
-                mmio.insert(
-                    Arc::new(Mutex::new(ModernBar(t.clone()))),
-                    addr,
-                    modern::BAR_SIZE,
-                )?;
-                self.root.add(Arc::new(Mutex::new(ModernFunction(t))));
+                mmio.insert(Arc::new(Mutex::new(Bar(t.clone()))), addr, modern::BAR_SIZE)?;
+                self.root.add(Arc::new(Mutex::new(Function(t))));
             }
             Transport::Legacy(identity) => {
                 let mut t = match identity {
@@ -108,8 +105,8 @@ impl PciBuilder {
                     t.label()
                 );
                 let t = Arc::new(Mutex::new(t));
-                pio.insert(Arc::new(Mutex::new(LegacyBar(t.clone()))), port, size)?;
-                self.root.add(Arc::new(Mutex::new(LegacyFunction(t))));
+                pio.insert(Arc::new(Mutex::new(Bar(t.clone()))), port, size)?;
+                self.root.add(Arc::new(Mutex::new(Function(t))));
             }
         }
         self.intx.push(PciIntx {

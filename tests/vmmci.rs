@@ -45,11 +45,7 @@ fn wait_ready(g: &mut Guest) {
     assert!(usec < 1_000_000, "{time}");
     let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap();
     let guest = Duration::from_secs(sec) + Duration::from_micros(usec);
-    let diff = if now > guest {
-        now - guest
-    } else {
-        guest - now
-    };
+    let diff = now.abs_diff(guest);
     assert!(
         diff < Duration::from_secs(5),
         "guest saw host time {guest:?}, host now {now:?}: {time}"

@@ -30,15 +30,15 @@
 //! while the common legacy devices (rng, blk) have a single queue anyway.
 
 use std::os::fd::AsRawFd;
-use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::EventFd;
 
+use super::shared::{start_worker, BarRegisters, QueueWork, Reporter};
 use super::VmHooks;
-use crate::bus::{lock, BusDevice};
 use crate::pci::config::{BarKind, ConfigSpace, Identity};
 use crate::pci::msix::Msix;
 use crate::pci::root::PciFunction;
@@ -47,7 +47,7 @@ use crate::virtio::interrupt::{Interrupt, ISR_CONFIG, NO_VECTOR};
 use crate::virtio::queue::CheckedQueue;
 use crate::virtio::rules::{Rule, Violation};
 use crate::virtio::vmmci;
-use crate::virtio::worker::{Worker, WorkerSetup};
+use crate::virtio::worker::Worker;
 
 /// I/O BAR size for ordinary devices: header plus 236 bytes of config.
 pub const DEFAULT_BAR_SIZE: u64 = 0x100;
@@ -197,8 +197,8 @@ pub struct LegacyTransport {
     config: ConfigSpace,
     bar_size: u64,
     isr: Arc<AtomicU8>,
-    /// DEVICE_NEEDS_RESET under `--lenient`, shared with the workers.
-    needs_reset: Arc<AtomicBool>,
+    /// Where violations go; also keeps DEVICE_NEEDS_RESET for `--lenient`.
+    reporter: Reporter,
     interrupt: Option<Arc<Interrupt>>,
     guest_features: u32,
     /// GUEST_FEATURES was written since the last reset: legacy drivers
@@ -234,6 +234,7 @@ impl LegacyTransport {
         let bar = config.add_bar(0, BarKind::Io, bar_size.max(DEFAULT_BAR_SIZE));
         config.set_interrupt(1, 0);
         let label = format!("{} 00:{slot:02x}.0", device.name());
+        let reporter = Reporter::new(hooks.clone(), label.clone());
         let queues = device
             .queue_max_sizes()
             .iter()
@@ -247,7 +248,7 @@ impl LegacyTransport {
             config,
             bar_size: bar.size,
             isr: Arc::new(AtomicU8::new(0)),
-            needs_reset: Arc::new(AtomicBool::new(false)),
+            reporter,
             interrupt: None,
             guest_features: 0,
             features_written: false,
@@ -296,27 +297,18 @@ impl LegacyTransport {
     }
 
     fn violate(&mut self, rule: Rule, detail: String) {
-        let v = Violation::new(rule, detail).on_device(self.label.clone());
-        self.raise(v);
+        self.raise(Violation::new(rule, detail));
     }
 
     fn raise(&mut self, v: Violation) {
-        self.hooks.report(&v);
-        if self.hooks.lenient() {
-            self.needs_reset.store(true, Ordering::SeqCst);
-            if let Some(i) = &self.interrupt {
-                i.signal(NO_VECTOR, ISR_CONFIG);
-            }
-        }
+        // No MSI-X: the configuration interrupt is INTx with ISR bit 1.
+        let config = self.interrupt.as_deref().map(|i| (i, NO_VECTOR));
+        self.reporter.raise(v, config);
     }
 
     /// The status the driver reads.
     fn status(&self) -> u8 {
-        if self.needs_reset.load(Ordering::SeqCst) {
-            self.status | status::DEVICE_NEEDS_RESET
-        } else {
-            self.status
-        }
+        self.reporter.status(self.status)
     }
 
     fn notify_port(&self) -> Option<u16> {
@@ -423,7 +415,7 @@ impl LegacyTransport {
                 );
                 self.queues[q].pfn = pfn;
             }
-            Err(v) => self.raise(v.on_device(self.label.clone()).on_queue(q as u16)),
+            Err(v) => self.raise(v.on_queue(q as u16)),
         }
     }
 
@@ -501,7 +493,6 @@ impl LegacyTransport {
         let features = u64::from(self.guest_features);
         let mut handlers = self.device.activate(features).into_iter();
         let label = self.label.clone();
-        let lenient = self.hooks.lenient();
         for (q, r) in self.queues.clone().into_iter().enumerate() {
             let Some(handler) = handlers.next() else {
                 break;
@@ -509,52 +500,31 @@ impl LegacyTransport {
             if r.pfn == 0 {
                 continue;
             }
+            let index = q as u16;
             let (desc, avail, used) = ring_addresses(r.pfn, r.max);
-            let queue = match CheckedQueue::new(
-                q as u16, r.max, r.max, desc, avail, used, features, &mem,
-            ) {
-                Ok(queue) => queue,
-                Err(v) => {
-                    self.raise(v.on_device(label.clone()).on_queue(q as u16));
-                    break;
-                }
-            };
-            let kick = match EventFd::new(libc::EFD_NONBLOCK) {
-                Ok(k) => k,
-                Err(e) => {
-                    log::error!("{label}: no eventfd for queue {q}: {e}");
-                    break;
-                }
-            };
-            let worker_kick = match kick.try_clone() {
-                Ok(k) => k,
-                Err(e) => {
-                    log::error!("{label}: {e}");
-                    break;
-                }
-            };
-            let sink_hooks = self.hooks.clone();
-            let sink_label = label.clone();
-            let sink_reset = self.needs_reset.clone();
-            let sink_irq = interrupt.clone();
-            let setup = WorkerSetup {
-                name: format!("{}-q{q}", self.device.name()),
+            let queue =
+                match CheckedQueue::new(index, r.max, r.max, desc, avail, used, features, &mem) {
+                    Ok(queue) => queue,
+                    Err(v) => {
+                        self.raise(v.on_queue(index));
+                        break;
+                    }
+                };
+            let work = QueueWork {
+                index,
                 queue,
                 handler,
-                kick: worker_kick,
                 vector: NO_VECTOR,
-                interrupt: interrupt.clone(),
-                violations: Arc::new(move |v: Violation| {
-                    sink_hooks.report(&v.on_device(sink_label.clone()));
-                    if lenient {
-                        sink_reset.store(true, Ordering::SeqCst);
-                        sink_irq.signal(NO_VECTOR, ISR_CONFIG);
-                    }
-                }),
-                mem: mem.clone(),
             };
-            match Worker::spawn(setup) {
-                Ok(w) => self.workers.push((w, kick, q as u16)),
+            match start_worker(
+                self.device.name(),
+                work,
+                &interrupt,
+                NO_VECTOR,
+                &self.reporter,
+                &mem,
+            ) {
+                Ok((worker, kick)) => self.workers.push((worker, kick, index)),
                 Err(e) => {
                     log::error!("{label}: cannot start queue {q}'s worker: {e}");
                     break;
@@ -640,7 +610,7 @@ impl LegacyTransport {
         self.stop_workers();
         self.device.reset();
         self.status = 0;
-        self.needs_reset.store(false, Ordering::SeqCst);
+        self.reporter.clear();
         self.guest_features = 0;
         self.features_written = false;
         self.queue_sel = 0;
@@ -767,30 +737,6 @@ impl PciFunction for LegacyTransport {
     fn config_write(&mut self, offset: usize, data: &[u8]) {
         log::debug!("{}: config write {offset:#04x} = {data:02x?}", self.label);
         self.config.write(offset, data);
-    }
-}
-
-/// BAR0 as a port-I/O bus device, sharing the transport with its PCI function.
-pub struct LegacyBar(pub Arc<Mutex<LegacyTransport>>);
-
-impl BusDevice for LegacyBar {
-    fn read(&mut self, offset: u64, data: &mut [u8]) {
-        lock(&self.0).bar_read(offset, data)
-    }
-    fn write(&mut self, offset: u64, data: &[u8]) {
-        lock(&self.0).bar_write(offset, data)
-    }
-}
-
-/// The same transport as a PCI function.
-pub struct LegacyFunction(pub Arc<Mutex<LegacyTransport>>);
-
-impl PciFunction for LegacyFunction {
-    fn config_read(&mut self, offset: usize, data: &mut [u8]) {
-        lock(&self.0).config_read(offset, data)
-    }
-    fn config_write(&mut self, offset: usize, data: &[u8]) {
-        lock(&self.0).config_write(offset, data)
     }
 }
 
@@ -1257,5 +1203,14 @@ mod tests {
         assert_eq!(t.r(reg::ISR, 1), u32::from(ISR_CONFIG));
         t.w(reg::STATUS, 1, 0);
         assert_eq!(t.r(reg::STATUS, 1), 0);
+    }
+}
+
+impl BarRegisters for LegacyTransport {
+    fn bar_read(&mut self, offset: u64, data: &mut [u8]) {
+        LegacyTransport::bar_read(self, offset, data)
+    }
+    fn bar_write(&mut self, offset: u64, data: &[u8]) {
+        LegacyTransport::bar_write(self, offset, data)
     }
 }

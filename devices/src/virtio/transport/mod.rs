@@ -3,6 +3,7 @@
 
 pub mod legacy;
 pub mod modern;
+pub mod shared;
 
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;

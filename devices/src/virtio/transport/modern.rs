@@ -16,21 +16,22 @@
 //! enabled queues get ioeventfds on their notify addresses and one
 //! [`Worker`] thread each; a reset stops and joins them.
 
-use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 
 use vmm_sys_util::eventfd::EventFd;
 
+use super::shared::{start_worker, BarRegisters, QueueWork, Reporter};
 use super::VmHooks;
-use crate::bus::{lock, BusDevice};
+use crate::bus::lock;
 use crate::pci::config::{BarKind, ConfigSpace, Identity};
 use crate::pci::msix::{self, Msix, MsixChange};
 use crate::pci::root::PciFunction;
 use crate::virtio::device::{feature, status, VirtioDevice};
-use crate::virtio::interrupt::{Interrupt, ISR_CONFIG, NO_VECTOR};
+use crate::virtio::interrupt::{Interrupt, NO_VECTOR};
 use crate::virtio::queue::CheckedQueue;
 use crate::virtio::rules::{Rule, Violation};
-use crate::virtio::worker::{Worker, WorkerSetup};
+use crate::virtio::worker::Worker;
 
 pub const BAR_SIZE: u64 = 0x8000;
 const COMMON: u64 = 0x0000;
@@ -157,9 +158,8 @@ pub struct ModernTransport {
     pci_cfg_cap: usize,
     msix: Arc<Mutex<Msix>>,
     isr: Arc<AtomicU8>,
-    /// DEVICE_NEEDS_RESET, shared with the workers so a rule broken on a
-    /// queue (under `--lenient`) shows in the status the driver reads.
-    needs_reset: Arc<AtomicBool>,
+    /// Where violations go; also keeps DEVICE_NEEDS_RESET for `--lenient`.
+    reporter: Reporter,
     interrupt: Option<Arc<Interrupt>>,
     device_feature_select: u32,
     driver_feature_select: u32,
@@ -238,6 +238,7 @@ impl ModernTransport {
         config.add_capability(msix::CAP_ID, &mx, &mw);
         config.set_interrupt(1, 0);
         let label = format!("{} 00:{slot:02x}.0", device.name());
+        let reporter = Reporter::new(hooks.clone(), label.clone());
         let queues = device
             .queue_max_sizes()
             .iter()
@@ -252,7 +253,7 @@ impl ModernTransport {
             pci_cfg_cap,
             msix: Arc::new(Mutex::new(Msix::new(vectors))),
             isr: Arc::new(AtomicU8::new(0)),
-            needs_reset: Arc::new(AtomicBool::new(false)),
+            reporter,
             interrupt: None,
             device_feature_select: 0,
             driver_feature_select: 0,
@@ -295,18 +296,12 @@ impl ModernTransport {
     }
 
     fn violate(&mut self, rule: Rule, detail: String) {
-        let v = Violation::new(rule, detail).on_device(self.label.clone());
-        self.raise(v);
+        self.raise(Violation::new(rule, detail));
     }
 
     fn raise(&mut self, v: Violation) {
-        self.hooks.report(&v);
-        if self.hooks.lenient() {
-            self.needs_reset.store(true, Ordering::SeqCst);
-            if let Some(i) = &self.interrupt {
-                i.signal(self.msix_config, ISR_CONFIG);
-            }
-        }
+        let config = self.interrupt.as_deref().map(|i| (i, self.msix_config));
+        self.reporter.raise(v, config);
     }
 
     fn bar0(&self) -> u64 {
@@ -530,17 +525,13 @@ impl ModernTransport {
                 );
                 self.queues[q].enabled = true;
             }
-            Err(v) => self.raise(v.on_device(self.label.clone()).on_queue(q as u16)),
+            Err(v) => self.raise(v.on_queue(q as u16)),
         }
     }
 
     /// The status the driver reads.
     fn status(&self) -> u8 {
-        if self.needs_reset.load(Ordering::SeqCst) {
-            self.status | status::DEVICE_NEEDS_RESET
-        } else {
-            self.status
-        }
+        self.reporter.status(self.status)
     }
 
     fn write_status(&mut self, new: u8) {
@@ -631,9 +622,7 @@ impl ModernTransport {
             return;
         };
         let mut handlers = self.device.activate(self.driver_features).into_iter();
-        let hooks = self.hooks.clone();
         let label = self.label.clone();
-        let lenient = hooks.lenient();
         for q in 0..self.queues.len() {
             let Some(handler) = handlers.next() else {
                 break;
@@ -642,8 +631,9 @@ impl ModernTransport {
             if !r.enabled {
                 continue;
             }
+            let index = q as u16;
             let queue = match CheckedQueue::new(
-                q as u16,
+                index,
                 r.max,
                 r.size,
                 r.desc,
@@ -653,46 +643,36 @@ impl ModernTransport {
                 &mem,
             ) {
                 Ok(queue) => queue,
-                Err(v) => return self.raise(v.on_device(label).on_queue(q as u16)),
+                Err(v) => return self.raise(v.on_queue(index)),
             };
-            let kick = match EventFd::new(libc::EFD_NONBLOCK) {
-                Ok(k) => k,
-                Err(e) => return log::error!("{label}: no eventfd for queue {q}: {e}"),
+            let work = QueueWork {
+                index,
+                queue,
+                handler,
+                vector: r.vector,
             };
+            let started = start_worker(
+                self.device.name(),
+                work,
+                &interrupt,
+                self.msix_config,
+                &self.reporter,
+                &mem,
+            );
+            let (worker, kick) = match started {
+                Ok(w) => w,
+                Err(e) => return log::error!("{label}: cannot start queue {q}'s worker: {e}"),
+            };
+            // The worker runs before its notifications do: a kick that
+            // arrives in between lands in the eventfd all the same.
             let addr = self.bar0() + NOTIFY + u64::from(NOTIFY_MULTIPLIER) * q as u64;
-            if let Err(e) = hooks.register_ioevent(&kick, addr) {
+            if let Err(e) = self.hooks.register_ioevent(&kick, addr) {
+                worker.stop();
                 return log::error!(
                     "{label}: cannot register queue {q}'s notify address {addr:#x}: {e}"
                 );
             }
-            let sink_hooks = hooks.clone();
-            let sink_label = label.clone();
-            let sink_reset = self.needs_reset.clone();
-            let sink_irq = interrupt.clone();
-            let config_vector = self.msix_config;
-            let setup = WorkerSetup {
-                name: format!("{}-q{q}", self.device.name()),
-                queue,
-                handler,
-                kick: match kick.try_clone() {
-                    Ok(k) => k,
-                    Err(e) => return log::error!("{label}: {e}"),
-                },
-                vector: r.vector,
-                interrupt: interrupt.clone(),
-                violations: Arc::new(move |v: Violation| {
-                    sink_hooks.report(&v.on_device(sink_label.clone()));
-                    if lenient {
-                        sink_reset.store(true, Ordering::SeqCst);
-                        sink_irq.signal(config_vector, ISR_CONFIG);
-                    }
-                }),
-                mem: mem.clone(),
-            };
-            match Worker::spawn(setup) {
-                Ok(w) => self.workers.push((w, kick, addr)),
-                Err(e) => return log::error!("{label}: cannot start queue {q}'s worker: {e}"),
-            }
+            self.workers.push((worker, kick, addr));
         }
         log::debug!(
             "{label}: DRIVER_OK, {} queue workers running",
@@ -714,7 +694,7 @@ impl ModernTransport {
         self.device.reset();
         self.status = 0;
         self.features_refused = false;
-        self.needs_reset.store(false, Ordering::SeqCst);
+        self.reporter.clear();
         self.driver_features = 0;
         self.device_feature_select = 0;
         self.driver_feature_select = 0;
@@ -903,26 +883,11 @@ impl ModernTransport {
     }
 }
 
-/// BAR0 as a bus device, sharing the transport with its PCI function.
-pub struct ModernBar(pub Arc<Mutex<ModernTransport>>);
-
-impl BusDevice for ModernBar {
-    fn read(&mut self, offset: u64, data: &mut [u8]) {
-        lock(&self.0).bar_read(offset, data)
+impl BarRegisters for ModernTransport {
+    fn bar_read(&mut self, offset: u64, data: &mut [u8]) {
+        ModernTransport::bar_read(self, offset, data)
     }
-    fn write(&mut self, offset: u64, data: &[u8]) {
-        lock(&self.0).bar_write(offset, data)
-    }
-}
-
-/// The same transport as a PCI function.
-pub struct ModernFunction(pub Arc<Mutex<ModernTransport>>);
-
-impl PciFunction for ModernFunction {
-    fn config_read(&mut self, offset: usize, data: &mut [u8]) {
-        lock(&self.0).config_read(offset, data)
-    }
-    fn config_write(&mut self, offset: usize, data: &[u8]) {
-        lock(&self.0).config_write(offset, data)
+    fn bar_write(&mut self, offset: u64, data: &[u8]) {
+        ModernTransport::bar_write(self, offset, data)
     }
 }
