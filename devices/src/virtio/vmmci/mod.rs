@@ -470,7 +470,11 @@ impl ClockWatch {
     /// Whether the wall clock jumped since the last call (or `new`); call
     /// it periodically and [`VmmciControl::sync_rtc`] when it says so.
     pub fn jumped(&mut self) -> bool {
-        let (wall, mono) = (realtime(), Instant::now());
+        self.observe(realtime(), Instant::now())
+    }
+
+    /// [`ClockWatch::jumped`] for given readings of both clocks.
+    fn observe(&mut self, wall: Duration, mono: Instant) -> bool {
         let expected = self.wall + mono.duration_since(self.mono);
         let jumped = wall > expected + Self::THRESHOLD || wall + Self::THRESHOLD < expected;
         (self.wall, self.mono) = (wall, mono);

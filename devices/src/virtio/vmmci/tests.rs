@@ -345,3 +345,26 @@ fn clock_watch_sees_no_jump_without_one() {
     let mut w = ClockWatch::new();
     assert!(!w.jumped());
 }
+
+#[test]
+fn clock_watch_sees_a_suspend_and_a_step_back() {
+    let mut w = ClockWatch::new();
+    let (wall, mono) = (w.wall, w.mono);
+    // Host slept 60 s: monotonic time moved 1 s, wall time 61 s.
+    assert!(w.observe(
+        wall + Duration::from_secs(61),
+        mono + Duration::from_secs(1)
+    ));
+    // Then both move together again.
+    assert!(!w.observe(
+        wall + Duration::from_secs(63),
+        mono + Duration::from_secs(3)
+    ));
+    // Small drift below the 5 s threshold is no jump.
+    assert!(!w.observe(
+        wall + Duration::from_secs(67),
+        mono + Duration::from_secs(4)
+    ));
+    // The wall clock stepped back by a minute.
+    assert!(w.observe(wall + Duration::from_secs(8), mono + Duration::from_secs(5)));
+}
