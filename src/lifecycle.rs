@@ -192,6 +192,24 @@ pub fn finish(req: VmRequest, argv: &[OsString]) -> ! {
     std::process::exit(exit_code(&req).unwrap_or(code::LAUNCHER_ERROR))
 }
 
+/// For kernels without close_range(2) (before 5.11) or where seccomp
+/// refuses it: flag every open descriptor above stderr close-on-exec.
+fn mark_cloexec_one_by_one() {
+    let Ok(dir) = std::fs::read_dir("/proc/self/fd") else {
+        return;
+    };
+    let fds: Vec<i32> = dir
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse().ok())
+        .filter(|&fd| fd > 2)
+        .collect();
+    for fd in fds {
+        // SAFETY: F_SETFD only changes a flag of a descriptor number; a
+        // number that closed meanwhile just fails with EBADF.
+        unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
+    }
+}
+
 /// Executes the launcher again with `argv`; returns only on failure.
 fn reexec(argv: &[OsString], boot: u32) -> std::io::Error {
     let args: Vec<CString> = match argv
@@ -208,12 +226,15 @@ fn reexec(argv: &[OsString], boot: u32) -> std::io::Error {
     // SAFETY: close_range only flags descriptors; sigprocmask restores the
     // mask we changed; execv gets NUL-terminated strings that outlive the call.
     unsafe {
-        libc::syscall(
+        if libc::syscall(
             libc::SYS_close_range,
             3u32,
             u32::MAX,
             libc::CLOSE_RANGE_CLOEXEC,
-        );
+        ) != 0
+        {
+            mark_cloexec_one_by_one();
+        }
         let mut empty: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut empty);
         libc::pthread_sigmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());

@@ -36,6 +36,10 @@ fn main() {
     std::panic::set_hook(Box::new(|info| {
         terminal::restore();
         eprintln!("launcher: internal error (a bug, please report it): {info}");
+        // A thread that died would leave the guest half-run (a vCPU gone,
+        // the main thread waiting for ever): end the whole run instead.
+        control::cleanup();
+        std::process::exit(lifecycle::code::LAUNCHER_ERROR);
     }));
 
     let config = cli::VmConfig::from(cli);

@@ -18,6 +18,9 @@ static SAVED: Mutex<Option<libc::termios>> = Mutex::new(None);
 const CTRL_C: u8 = 0x03;
 const ESCAPE_PRESSES: usize = 3;
 const ESCAPE_WINDOW: Duration = Duration::from_secs(1);
+/// How long typed input waits for a guest that reads none before it is
+/// dropped.
+const INPUT_STALL: Duration = Duration::from_secs(2);
 
 /// Puts stdin in raw mode if it is a terminal and remembers how it was.
 pub fn make_raw() {
@@ -63,7 +66,7 @@ impl Escape {
 /// caller (via `wait`) when the guest's buffer is full.
 pub trait ConsoleInput: Send + 'static {
     fn push(&self, bytes: &[u8]) -> usize;
-    /// Waits until the guest has read some input.
+    /// Waits (briefly, at most about 100 ms) for the guest to read input.
     fn wait_for_room(&self);
 }
 
@@ -94,13 +97,29 @@ pub fn spawn_input_thread(input: impl ConsoleInput, control: VmControl) {
                     control.request(VmRequest::Escape);
                     return;
                 }
+                // Feed the guest; if it takes nothing for a while (hung, or
+                // not reading this console) drop the rest, so that stdin —
+                // and with it the Ctrl-C escape — keeps being read.
                 let mut rest = chunk;
+                let mut stalled_since = None;
                 while !rest.is_empty() {
                     let took = input.push(rest);
                     rest = &rest[took..];
-                    if !rest.is_empty() {
-                        input.wait_for_room();
+                    if rest.is_empty() {
+                        break;
                     }
+                    if took > 0 {
+                        stalled_since = None;
+                    }
+                    let since = *stalled_since.get_or_insert_with(Instant::now);
+                    if since.elapsed() >= INPUT_STALL {
+                        log::debug!(
+                            "console: guest reads no input; {} bytes dropped",
+                            rest.len()
+                        );
+                        break;
+                    }
+                    input.wait_for_room();
                 }
             }
         });

@@ -323,7 +323,10 @@ impl Vcpu {
             {
                 break;
             }
-            va += buf.len() as u64;
+            let Some(next) = va.checked_add(buf.len() as u64) else {
+                break;
+            };
+            va = next;
             out.extend_from_slice(&buf);
         }
         out

@@ -9,6 +9,7 @@
 //! the vCPUs; start one thread per vCPU plus the stdin and signal threads;
 //! then wait for the first [`VmRequest`] that ends the run.
 
+use std::os::fd::AsRawFd;
 use std::sync::mpsc::Receiver;
 use std::sync::{Arc, Mutex};
 
@@ -126,7 +127,8 @@ impl Vm {
                 .map_err(Error::kvm("wire an interrupt (irqfd)"))?;
             Ok(fd)
         };
-        let serial_room = EventFd::new(0).map_err(Error::io("create an eventfd"))?;
+        let serial_room =
+            EventFd::new(libc::EFD_NONBLOCK).map_err(Error::io("create an eventfd"))?;
         let serial = Arc::new(Mutex::new(SerialPort::new(
             irq(ports::COM1_IRQ)?,
             serial_room
@@ -315,6 +317,13 @@ impl ConsoleInput for SerialInput {
         self.sink.push(bytes)
     }
     fn wait_for_room(&self) {
+        let mut pfd = libc::pollfd {
+            fd: self.room.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd for the duration of the call.
+        unsafe { libc::poll(&mut pfd, 1, 100) };
         let _ = self.room.read();
     }
 }

@@ -16,6 +16,8 @@ use crate::bus::BusDevice;
 use crate::control::{VmControl, VmRequest};
 
 const DATA: u64 = 0;
+/// Most bytes the output queue holds.
+const OUT_LIMIT: usize = 16;
 const STATUS_CMD: u64 = 4;
 
 const STATUS_OBF: u8 = 1 << 0;
@@ -67,8 +69,16 @@ impl I8042 {
     }
 
     fn reply(&mut self, bytes: &[u8]) {
-        self.out.extend(bytes);
-        if self.ctr & CTR_KBD_INT != 0 {
+        // A real controller holds one byte; a few cover multi-byte replies,
+        // and a guest that never reads cannot grow the queue.
+        let room = OUT_LIMIT.saturating_sub(self.out.len());
+        self.out.extend(bytes.iter().take(room));
+        self.raise();
+    }
+
+    /// One interrupt per byte ready: Linux reads one byte per interrupt.
+    fn raise(&self) {
+        if self.ctr & CTR_KBD_INT != 0 && !self.out.is_empty() {
             if let Some(irq) = &self.irq {
                 let _ = irq.write(1);
             }
@@ -129,7 +139,11 @@ impl BusDevice for I8042 {
     fn read(&mut self, offset: u64, data: &mut [u8]) {
         data.fill(0);
         data[0] = match offset {
-            DATA => self.out.pop_front().unwrap_or(0),
+            DATA => {
+                let b = self.out.pop_front().unwrap_or(0);
+                self.raise();
+                b
+            }
             STATUS_CMD => self.status_extra | if self.out.is_empty() { 0 } else { STATUS_OBF },
             _ => 0xff,
         };
@@ -187,6 +201,25 @@ mod tests {
             [read(&mut d, DATA), read(&mut d, DATA), read(&mut d, DATA)],
             [0xfa, 0xab, 0x83]
         );
+    }
+
+    #[test]
+    fn one_interrupt_per_byte_and_a_bounded_queue() {
+        let (control, _rx) = VmControl::new();
+        let irq = EventFd::new(libc::EFD_NONBLOCK).unwrap();
+        let mut d = I8042::new(Some(irq.try_clone().unwrap()), control);
+        d.write(DATA, &[0xf2]);
+        assert_eq!(irq.read().unwrap(), 1);
+        for want in [0xfa, 0xab] {
+            assert_eq!(read(&mut d, DATA), want);
+            assert_eq!(irq.read().unwrap(), 1, "the next byte raises IRQ 1 again");
+        }
+        assert_eq!(read(&mut d, DATA), 0x83);
+        assert!(irq.read().is_err(), "nothing left, no interrupt");
+        for _ in 0..100 {
+            d.write(DATA, &[0xf2]);
+        }
+        assert_eq!(d.out.len(), OUT_LIMIT);
     }
 
     #[test]

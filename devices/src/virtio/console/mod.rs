@@ -15,7 +15,7 @@ use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
-use vm_memory::GuestMemoryMmap;
+use vm_memory::{Address, Bytes, GuestMemoryMmap};
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::bus::lock;
@@ -24,6 +24,8 @@ use crate::virtio::queue::CheckedQueue;
 use crate::virtio::rules::{Rule, Violation};
 
 const QUEUE_SIZE: u16 = 128;
+/// Bytes copied from guest memory to stdout at a time.
+const TX_CHUNK: usize = 64 * 1024;
 /// Input held for the guest at most; beyond it the terminal thread waits.
 const INPUT_LIMIT: usize = 64 * 1024;
 
@@ -169,15 +171,32 @@ impl QueueHandler for Transmit {
                     format!("transmit buffer {} is device-writable", chain.head),
                 ));
             }
-            let bytes = chain.read_all(mem, usize::MAX).unwrap_or_default();
             // Claim the terminal's input before the output is visible: a
             // user (or script) answering the guest's first line must reach
             // this console, not the UART.
             self.input.in_use.store(true, Ordering::Release);
             let mut out = lock(&self.output);
-            if out.write_all(&bytes).and_then(|_| out.flush()).is_err() {
-                log::debug!("virtio-console: stdout closed; output dropped");
+            // Stream each buffer in bounded pieces: a chain may describe
+            // gigabytes (descriptors can alias), which must not become one
+            // host allocation.
+            let mut chunk = vec![0u8; TX_CHUNK];
+            'chain: for b in chain.readable() {
+                let mut done = 0u64;
+                while done < u64::from(b.len) {
+                    let n = (u64::from(b.len) - done).min(TX_CHUNK as u64) as usize;
+                    let Some(addr) = b.addr.checked_add(done) else {
+                        break 'chain;
+                    };
+                    if mem.read_slice(&mut chunk[..n], addr).is_err()
+                        || out.write_all(&chunk[..n]).is_err()
+                    {
+                        log::debug!("virtio-console: output dropped");
+                        break 'chain;
+                    }
+                    done += n as u64;
+                }
             }
+            let _ = out.flush();
             drop(out);
             queue.add_used(mem, chain.head, 0)?;
             used = true;

@@ -17,7 +17,7 @@
 //! | 20.. | any | device configuration (no MSI-X, so never at 24) |
 //!
 //! Guest accesses arrive from a vCPU through the port-I/O bus
-//! ([`LegacyBar`]) or config mechanism #1 ([`LegacyFunction`]) and are
+//! ([`super::shared::Bar`]) or config mechanism #1 ([`super::shared::Function`]) and are
 //! checked against [`Rule`]s; what the driver breaks goes to
 //! [`VmHooks::report`]. On DRIVER_OK every queue with a PFN gets a
 //! [`Worker`] thread; interrupts go out on the INTx line only.
@@ -28,6 +28,9 @@
 //! the worker's own kick eventfd; with more, a small relay thread wakes
 //! every worker. A spurious wake costs a worker one look at an empty ring,
 //! while the common legacy devices (rng, blk) have a single queue anyway.
+//! The price: once workers run, KVM takes every write to that port, so a
+//! notify naming a queue without a ring (`NotifyBadQueue`) is only seen
+//! before DRIVER_OK or if the ioeventfd could not be registered.
 
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicU8, Ordering};
@@ -264,7 +267,7 @@ impl LegacyTransport {
         &self.label
     }
 
-    /// The I/O BAR's size: how many ports the launcher places [`LegacyBar`] on.
+    /// The I/O BAR's size: how many ports the launcher places the BAR on.
     pub fn bar_size(&self) -> u64 {
         self.bar_size
     }
@@ -419,8 +422,8 @@ impl LegacyTransport {
         }
     }
 
-    /// A QUEUE_NOTIFY write that KVM did not take: before DRIVER_OK, for a
-    /// queue without a ring, or on a host where the ioeventfd failed.
+    /// A QUEUE_NOTIFY write that KVM did not take: before DRIVER_OK, or
+    /// on a host where the ioeventfd could not be registered.
     fn notify(&mut self, q: u16) {
         if self.status & status::DRIVER_OK == 0 {
             return self.violate(

@@ -156,6 +156,8 @@ pub struct ModernTransport {
     hooks: Arc<dyn VmHooks>,
     config: ConfigSpace,
     pci_cfg_cap: usize,
+    /// Where the MSI-X capability sits in config space.
+    msix_cap: usize,
     msix: Arc<Mutex<Msix>>,
     isr: Arc<AtomicU8>,
     /// Where violations go; also keeps DEVICE_NEEDS_RESET for `--lenient`.
@@ -235,7 +237,7 @@ impl ModernTransport {
         mx[6..10].copy_from_slice(&(MSIX_PBA as u32).to_le_bytes());
         let mut mw = vec![0u8; 10];
         mw[1] = 0xc0; // enable, function mask
-        config.add_capability(msix::CAP_ID, &mx, &mw);
+        let msix_cap = config.add_capability(msix::CAP_ID, &mx, &mw);
         config.set_interrupt(1, 0);
         let label = format!("{} 00:{slot:02x}.0", device.name());
         let reporter = Reporter::new(hooks.clone(), label.clone());
@@ -251,6 +253,7 @@ impl ModernTransport {
             hooks,
             config,
             pci_cfg_cap,
+            msix_cap,
             msix: Arc::new(Mutex::new(Msix::new(vectors))),
             isr: Arc::new(AtomicU8::new(0)),
             reporter,
@@ -858,7 +861,7 @@ impl PciFunction for ModernTransport {
         log::debug!("{}: config write {offset:#04x} = {data:02x?}", self.label);
         self.config.write(offset, data);
         // The MSI-X message control word follows the capability header.
-        let mx = self.msix_cap_offset();
+        let mx = self.msix_cap;
         if offset <= mx + 3 && offset + data.len() > mx + 2 {
             let ctrl = self.config.u16(mx + 2);
             let changes = lock(&self.msix).set_control(ctrl);
@@ -873,13 +876,6 @@ impl PciFunction for ModernTransport {
             );
             self.apply(changes);
         }
-    }
-}
-
-impl ModernTransport {
-    fn msix_cap_offset(&self) -> usize {
-        // Appended right after the PCI-cfg capability (16 + 4 bytes).
-        self.pci_cfg_cap + 20
     }
 }
 
