@@ -40,7 +40,9 @@ use std::thread::JoinHandle;
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::EventFd;
 
-use super::shared::{start_worker, BarRegisters, QueueWork, Reporter};
+use super::shared::{
+    start_worker, status_in_order, status_kept, BarRegisters, QueueWork, Reporter,
+};
 use super::VmHooks;
 use crate::pci::config::{BarKind, ConfigSpace, Identity};
 use crate::pci::msix::Msix;
@@ -456,30 +458,12 @@ impl LegacyTransport {
         }
         log::debug!("{}: status {old:#04x} -> {new:#04x}", self.label);
         let added = new & !old;
-        let cleared = old & !new & !status::DEVICE_NEEDS_RESET;
-        if cleared != 0 {
-            return self.violate(
-                Rule::StatusClearedBit,
-                format!("status {old:#04x} -> {new:#04x}"),
-            );
-        }
-        if old & status::FAILED != 0 {
-            return self.violate(
-                Rule::StatusFailedThenMore,
-                format!("status {old:#04x} -> {new:#04x}"),
-            );
-        }
         // No FEATURES_OK step in 0.9.5: a driver that sets it anyway is
         // harmless, so it is stored but never required.
-        let needs = |bit: u8, before: u8| added & bit != 0 && new & before != before;
-        if needs(status::DRIVER, status::ACKNOWLEDGE)
-            || needs(status::DRIVER_OK, status::ACKNOWLEDGE | status::DRIVER)
-            || added & status::DEVICE_NEEDS_RESET != 0
-        {
-            return self.violate(
-                Rule::StatusOrder,
-                format!("status {old:#04x} -> {new:#04x}"),
-            );
+        let checked = status_kept(old, new)
+            .and_then(|()| status_in_order(old, new, None, status::ACKNOWLEDGE | status::DRIVER));
+        if let Err((rule, detail)) = checked {
+            return self.violate(rule, detail);
         }
         self.status = new & !status::DEVICE_NEEDS_RESET;
         if added & status::DRIVER_OK != 0 {

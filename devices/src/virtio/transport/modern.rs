@@ -21,7 +21,9 @@ use std::sync::{Arc, Mutex};
 
 use vmm_sys_util::eventfd::EventFd;
 
-use super::shared::{start_worker, BarRegisters, QueueWork, Reporter};
+use super::shared::{
+    start_worker, status_in_order, status_kept, BarRegisters, QueueWork, Reporter,
+};
 use super::VmHooks;
 use crate::bus::lock;
 use crate::pci::config::{BarKind, ConfigSpace, Identity};
@@ -545,18 +547,8 @@ impl ModernTransport {
         }
         log::debug!("{}: status {old:#04x} -> {new:#04x}", self.label);
         let added = new & !old;
-        let cleared = old & !new & !status::DEVICE_NEEDS_RESET;
-        if cleared != 0 {
-            return self.violate(
-                Rule::StatusClearedBit,
-                format!("status {old:#04x} -> {new:#04x}"),
-            );
-        }
-        if old & status::FAILED != 0 {
-            return self.violate(
-                Rule::StatusFailedThenMore,
-                format!("status {old:#04x} -> {new:#04x}"),
-            );
+        if let Err((rule, detail)) = status_kept(old, new) {
+            return self.violate(rule, detail);
         }
         if self.features_refused && added & status::DRIVER_OK != 0 {
             return self.violate(
@@ -564,19 +556,14 @@ impl ModernTransport {
                 format!("status {old:#04x} -> {new:#04x} after FEATURES_OK was refused"),
             );
         }
-        let needs = |bit: u8, before: u8| added & bit != 0 && new & before != before;
-        if needs(status::DRIVER, status::ACKNOWLEDGE)
-            || needs(status::FEATURES_OK, status::ACKNOWLEDGE | status::DRIVER)
-            || needs(
-                status::DRIVER_OK,
-                status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK,
-            )
-            || added & status::DEVICE_NEEDS_RESET != 0
-        {
-            return self.violate(
-                Rule::StatusOrder,
-                format!("status {old:#04x} -> {new:#04x}"),
-            );
+        let order = status_in_order(
+            old,
+            new,
+            Some(status::ACKNOWLEDGE | status::DRIVER),
+            status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK,
+        );
+        if let Err((rule, detail)) = order {
+            return self.violate(rule, detail);
         }
         self.status = new & !status::DEVICE_NEEDS_RESET;
         if added & status::FEATURES_OK != 0 {

@@ -16,7 +16,7 @@ use crate::pci::PciFunction;
 use crate::virtio::device::{status, QueueHandler};
 use crate::virtio::interrupt::{Interrupt, ISR_CONFIG};
 use crate::virtio::queue::CheckedQueue;
-use crate::virtio::rules::Violation;
+use crate::virtio::rules::{Rule, Violation};
 use crate::virtio::worker::{ViolationSink, Worker, WorkerSetup};
 
 /// Reports a function's violations; cheap to clone into its workers.
@@ -138,4 +138,43 @@ impl<T: PciFunction> PciFunction for Function<T> {
     fn config_write(&mut self, offset: usize, data: &[u8]) {
         lock(&self.0).config_write(offset, data)
     }
+}
+
+/// The driver-status rules both transports share (§2.1.2, §3.1.1), for a
+/// write of `new` over `old` (non-zero: zero is a reset). The first rule
+/// broken, with its detail.
+pub fn status_kept(old: u8, new: u8) -> Result<(), (Rule, String)> {
+    let what = || format!("status {old:#04x} -> {new:#04x}");
+    if old & !new & !status::DEVICE_NEEDS_RESET != 0 {
+        return Err((Rule::StatusClearedBit, what()));
+    }
+    if old & status::FAILED != 0 {
+        return Err((Rule::StatusFailedThenMore, what()));
+    }
+    Ok(())
+}
+
+/// Status bits must be added in order: DRIVER after ACKNOWLEDGE, and the
+/// given steps before FEATURES_OK and DRIVER_OK (a legacy driver has no
+/// FEATURES_OK step, so its transport passes `None` for it); the driver
+/// never sets DEVICE_NEEDS_RESET.
+pub fn status_in_order(
+    old: u8,
+    new: u8,
+    features_ok_needs: Option<u8>,
+    driver_ok_needs: u8,
+) -> Result<(), (Rule, String)> {
+    let added = new & !old;
+    let needs = |bit: u8, before: u8| added & bit != 0 && new & before != before;
+    if needs(status::DRIVER, status::ACKNOWLEDGE)
+        || features_ok_needs.is_some_and(|before| needs(status::FEATURES_OK, before))
+        || needs(status::DRIVER_OK, driver_ok_needs)
+        || added & status::DEVICE_NEEDS_RESET != 0
+    {
+        return Err((
+            Rule::StatusOrder,
+            format!("status {old:#04x} -> {new:#04x}"),
+        ));
+    }
+    Ok(())
 }
