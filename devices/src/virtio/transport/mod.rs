@@ -1,15 +1,27 @@
-//! Transports: how a driver reaches a [`super::VirtioDevice`]. They know
-//! PCI and the virtio register layouts, nothing about blk or net.
+//! Transports: how a driver reaches a [`super::VirtioDevice`].
+//!
+//! One [`core::Core`] holds everything a device is to its driver (status,
+//! features, queues, workers, reset, the strict rules); two register maps
+//! decode guest accesses into it: [`modern`] (virtio 1.0 PCI: capabilities
+//! into a memory BAR, MSI-X) and [`legacy`] (virtio 0.9.5 PCI: one I/O
+//! BAR, INTx). They know PCI and register layouts, nothing about blk or
+//! net; a third transport (virtio-mmio, say) would be a third register map.
 
+pub mod core;
 pub mod legacy;
 pub mod modern;
-pub mod shared;
+#[cfg(test)]
+pub(crate) mod testing;
+
+use std::sync::{Arc, Mutex};
 
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
 
 use super::rules::Violation;
+use crate::bus::{lock, BusDevice};
 use crate::pci::msix::MsiMessage;
+use crate::pci::PciFunction;
 
 /// What a transport needs from the VM it lives in; the launcher implements
 /// it over KVM (`src/virtio.rs`), tests implement it with plain eventfds.
@@ -32,4 +44,35 @@ pub trait VmHooks: Send + Sync {
     fn report(&self, violation: &Violation);
     /// `--lenient`: log violations and set DEVICE_NEEDS_RESET instead.
     fn lenient(&self) -> bool;
+}
+
+/// A register map's BAR, as its bus device sees it.
+pub trait BarRegisters: Send {
+    fn bar_read(&mut self, offset: u64, data: &mut [u8]);
+    fn bar_write(&mut self, offset: u64, data: &[u8]);
+}
+
+/// One transport reached two ways: its BAR through a bus ([`Bar`]) and its
+/// configuration space through the PCI root ([`Function`]).
+pub struct Bar<T>(pub Arc<Mutex<T>>);
+
+impl<T: BarRegisters> BusDevice for Bar<T> {
+    fn read(&mut self, offset: u64, data: &mut [u8]) {
+        lock(&self.0).bar_read(offset, data)
+    }
+    fn write(&mut self, offset: u64, data: &[u8]) {
+        lock(&self.0).bar_write(offset, data)
+    }
+}
+
+/// See [`Bar`].
+pub struct Function<T>(pub Arc<Mutex<T>>);
+
+impl<T: PciFunction> PciFunction for Function<T> {
+    fn config_read(&mut self, offset: usize, data: &mut [u8]) {
+        lock(&self.0).config_read(offset, data)
+    }
+    fn config_write(&mut self, offset: usize, data: &[u8]) {
+        lock(&self.0).config_write(offset, data)
+    }
 }

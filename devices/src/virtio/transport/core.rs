@@ -1,0 +1,835 @@
+//! The transport core: what a virtio device is to its driver, whatever the
+//! register layout it is reached through.
+//!
+//! Both PCI register maps (`modern.rs`, virtio 1.0; `legacy.rs`, 0.9.5)
+//! decode a guest access into one of the core's driver operations (set the
+//! status, accept features, select and program a queue, notify, read the
+//! ISR or the device configuration) and nothing more. The core keeps the
+//! device's state machine (§2.1, §3.1), feature negotiation (§2.2), the
+//! queues the driver programmed (§2.4, §4.1.4.3), checks every operation
+//! against the [`Rule`]s, starts one [`Worker`] per queue at DRIVER_OK and
+//! stops them on reset. Where the two interfaces' rules differ (a legacy
+//! driver has no FEATURES_OK step and cannot size its queues), [`Version`]
+//! says which applies, here and nowhere else.
+//!
+//! What a register map supplies: the [`Interrupt`] it wired (MSI-X and
+//! INTx, or INTx alone) and a [`Doorbell`], which makes the guest's queue
+//! notifications signal the workers' kick eventfds (one ioeventfd per
+//! queue for modern, one shared port for legacy).
+//!
+//! ```text
+//! vCPU access ─► register map (decode) ─► Core (check, act) ─► Worker per queue
+//!                                            │ violations
+//!                                            ▼
+//!                                  VmHooks::report / NEEDS_RESET
+//! ```
+
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU8, Ordering};
+use std::sync::Arc;
+
+use vmm_sys_util::eventfd::EventFd;
+
+use super::VmHooks;
+use crate::virtio::device::{feature, status, ConfigSignal, QueueHandler, VirtioDevice};
+use crate::virtio::interrupt::{Interrupt, ISR_CONFIG, NO_VECTOR};
+use crate::virtio::queue::CheckedQueue;
+use crate::virtio::rules::{Rule, Violation};
+use crate::virtio::worker::{ViolationSink, Worker, WorkerSetup};
+
+/// Which interface's rules apply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Version {
+    /// virtio 1.0: VERSION_1, 64 feature bits, FEATURES_OK, driver-sized
+    /// queues enabled one by one.
+    Modern,
+    /// virtio 0.9.5 (the spec's "legacy interface"): 32 feature bits
+    /// accepted by writing them, no FEATURES_OK, queues of the device's
+    /// size placed by page number.
+    Legacy,
+}
+
+/// How a device is named: in reports ("virtio-rng 00:03.0") and as the
+/// prefix of its threads' names ("rng-03", so that "rng-03-q0" fits the
+/// 15 bytes /proc shows).
+#[derive(Debug, Clone, Copy)]
+pub struct Names<'a> {
+    pub label: &'a str,
+    pub threads: &'a str,
+}
+
+/// How the guest's notifications reach the running queues' workers.
+pub trait Doorbell: Send {
+    /// After DRIVER_OK: make a notification of each `(queue, kick)` signal
+    /// `kick`. `base` is where the register map's notify area starts now
+    /// (an MMIO address or a port). What cannot be wired is logged: such
+    /// notifications then trap and reach [`Core::notify`], which kicks.
+    fn connect(&mut self, hooks: &dyn VmHooks, names: Names, base: u64, kicks: &[(u16, &EventFd)]);
+    /// Undoes [`Doorbell::connect`]; the workers are about to stop.
+    fn disconnect(&mut self, hooks: &dyn VmHooks, label: &str);
+}
+
+/// Reports a function's violations; cheap to clone into its workers.
+#[derive(Clone)]
+struct Reporter {
+    hooks: Arc<dyn VmHooks>,
+    /// "virtio-rng 00:03.0".
+    label: String,
+    /// DEVICE_NEEDS_RESET, set by the core or by any of its workers.
+    needs_reset: Arc<AtomicBool>,
+    /// Signals the configuration vector once interrupts are wired.
+    config: Arc<ConfigInterrupt>,
+}
+
+impl Reporter {
+    /// Reports `v` (strict mode ends the VM there); under `--lenient` marks
+    /// the device as needing a reset and tells the driver with a
+    /// configuration interrupt (§2.1.2).
+    fn raise(&self, v: Violation) {
+        self.hooks.report(&v.on_device(self.label.clone()));
+        if self.hooks.lenient() {
+            self.needs_reset.store(true, Ordering::SeqCst);
+            self.config.raise();
+        }
+    }
+}
+
+/// The configuration-change interrupt: ISR bit 1 with INTx, or the vector
+/// the driver chose (`msix_config`) with MSI-X. Shared with the device
+/// (as its [`ConfigSignal`]) and with the workers' violation reports.
+struct ConfigInterrupt {
+    interrupt: std::sync::OnceLock<Arc<Interrupt>>,
+    vector: AtomicU16,
+}
+
+impl ConfigSignal for ConfigInterrupt {
+    fn raise(&self) {
+        if let Some(i) = self.interrupt.get() {
+            i.signal(self.vector.load(Ordering::SeqCst), ISR_CONFIG);
+        }
+    }
+    fn clear(&self) {
+        if let Some(i) = self.interrupt.get() {
+            i.isr.fetch_and(!ISR_CONFIG, Ordering::SeqCst);
+        }
+    }
+}
+
+/// One queue as the driver programmed it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueueConfig {
+    /// The device's maximum size.
+    pub max: u16,
+    pub size: u16,
+    /// MSI-X vector for used-buffer interrupts.
+    pub vector: u16,
+    pub enabled: bool,
+    pub desc: u64,
+    pub avail: u64,
+    pub used: u64,
+    /// Which of desc/avail/used the driver wrote (bits 0, 1, 2): enabling
+    /// a queue whose rings were never placed is a driver bug even when
+    /// the reset values happen to be valid addresses.
+    written: u8,
+}
+
+impl QueueConfig {
+    fn new(max: u16) -> Self {
+        Self {
+            max,
+            size: max,
+            vector: NO_VECTOR,
+            enabled: false,
+            desc: 0,
+            avail: 0,
+            used: 0,
+            written: 0,
+        }
+    }
+}
+
+/// A queue field a modern driver programs (§4.1.4.3); 64-bit addresses
+/// come as two 32-bit halves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QueueField {
+    Size,
+    Vector,
+    Enable,
+    /// Descriptor table (0), driver area (1), device area (2); high half?
+    Address {
+        ring: u8,
+        high: bool,
+    },
+}
+
+/// The ring names of [`QueueField::Address`], for reports.
+const RINGS: [&str; 3] = ["descriptor table", "driver area", "device area"];
+
+/// A running queue.
+struct Running {
+    index: u16,
+    worker: Worker,
+    kick: EventFd,
+}
+
+/// A virtio device's transport-independent state; see the module docs.
+pub struct Core {
+    device: Box<dyn VirtioDevice>,
+    version: Version,
+    /// "virtio-rng 00:03.0", for reports and traces.
+    label: String,
+    /// Prefix of the worker threads' names: "rng-03".
+    thread_prefix: String,
+    hooks: Arc<dyn VmHooks>,
+    reporter: Reporter,
+    isr: Arc<AtomicU8>,
+    interrupt: Option<Arc<Interrupt>>,
+    /// How many MSI-X vectors the function has (0: INTx only).
+    msix_vectors: u16,
+    doorbell: Box<dyn Doorbell>,
+    status: u8,
+    /// The device refused FEATURES_OK since the last reset (§3.1.1): the
+    /// driver must not set up queues or set DRIVER_OK.
+    features_refused: bool,
+    driver_features: u64,
+    /// A legacy driver accepted its features since the last reset: it
+    /// negotiates before it places rings.
+    features_written: bool,
+    /// Which 32 feature bits DEVICE_FEATURE / DRIVER_FEATURE show
+    /// (modern); a legacy driver sees bits 0..32 only.
+    pub device_feature_select: u32,
+    pub driver_feature_select: u32,
+    queue_select: u16,
+    queues: Vec<QueueConfig>,
+    running: Vec<Running>,
+}
+
+impl Core {
+    /// The core of `device` in PCI `slot`, reached through `version`'s
+    /// interface; `msix_vectors` is what the function's MSI-X table holds.
+    pub fn new(
+        device: Box<dyn VirtioDevice>,
+        version: Version,
+        slot: u8,
+        hooks: Arc<dyn VmHooks>,
+        msix_vectors: u16,
+        doorbell: Box<dyn Doorbell>,
+    ) -> Self {
+        let name = device.name();
+        let label = format!("{name} 00:{slot:02x}.0");
+        let thread_prefix = format!("{}-{slot:02x}", name.trim_start_matches("virtio-"));
+        let reporter = Reporter {
+            hooks: hooks.clone(),
+            label: label.clone(),
+            needs_reset: Arc::new(AtomicBool::new(false)),
+            config: Arc::new(ConfigInterrupt {
+                interrupt: std::sync::OnceLock::new(),
+                vector: AtomicU16::new(NO_VECTOR),
+            }),
+        };
+        let queues = device
+            .queue_max_sizes()
+            .iter()
+            .map(|&m| QueueConfig::new(m))
+            .collect();
+        Self {
+            device,
+            version,
+            label,
+            thread_prefix,
+            hooks,
+            reporter,
+            isr: Arc::new(AtomicU8::new(0)),
+            interrupt: None,
+            msix_vectors,
+            doorbell,
+            status: 0,
+            features_refused: false,
+            driver_features: 0,
+            features_written: false,
+            device_feature_select: 0,
+            driver_feature_select: 0,
+            queue_select: 0,
+            queues,
+            running: Vec::new(),
+        }
+    }
+
+    pub fn label(&self) -> &str {
+        &self.label
+    }
+
+    pub fn device(&self) -> &dyn VirtioDevice {
+        self.device.as_ref()
+    }
+
+    pub fn hooks(&self) -> &Arc<dyn VmHooks> {
+        &self.hooks
+    }
+
+    /// The ISR status byte the interrupts set.
+    pub fn isr(&self) -> &Arc<AtomicU8> {
+        &self.isr
+    }
+
+    /// Takes the register map's wired interrupts and hands the device its
+    /// [`ConfigSignal`].
+    pub fn connect_interrupts(&mut self, interrupt: Arc<Interrupt>) {
+        let _ = self.reporter.config.interrupt.set(interrupt.clone());
+        self.device.set_config_signal(self.reporter.config.clone());
+        self.interrupt = Some(interrupt);
+    }
+
+    /// Reports a rule the driver broke at the register level.
+    pub fn violate(&mut self, rule: Rule, detail: String) {
+        self.reporter.raise(Violation::new(rule, detail));
+    }
+
+    // ---- device status (§2.1, §3.1.1) ----
+
+    /// The status the driver reads, with DEVICE_NEEDS_RESET if flagged.
+    pub fn status(&self) -> u8 {
+        if self.reporter.needs_reset.load(Ordering::SeqCst) {
+            self.status | status::DEVICE_NEEDS_RESET
+        } else {
+            self.status
+        }
+    }
+
+    fn driver_ok(&self) -> bool {
+        self.status & status::DRIVER_OK != 0
+    }
+
+    /// The driver wrote `new` to the status; 0 resets. `notify_base` is
+    /// where the register map's notifications land now, for DRIVER_OK.
+    pub fn write_status(&mut self, new: u8, notify_base: u64) {
+        let old = self.status();
+        if new == 0 {
+            log::debug!("{}: reset by the driver", self.label);
+            return self.reset();
+        }
+        log::debug!("{}: status {old:#04x} -> {new:#04x}", self.label);
+        if let Err((rule, detail)) = self.status_allowed(old, new) {
+            return self.violate(rule, detail);
+        }
+        let added = new & !old;
+        self.status = new & !status::DEVICE_NEEDS_RESET;
+        if added & status::FEATURES_OK != 0
+            && self.version == Version::Modern
+            && !self.features_ok()
+        {
+            return;
+        }
+        if added & status::DRIVER_OK != 0 {
+            self.activate(notify_base);
+        }
+    }
+
+    /// The status rules (§2.1.2, §3.1.1) for a write of `new` over `old`.
+    fn status_allowed(&self, old: u8, new: u8) -> Result<(), (Rule, String)> {
+        let what = || format!("status {old:#04x} -> {new:#04x}");
+        let added = new & !old;
+        if old & !new & !status::DEVICE_NEEDS_RESET != 0 {
+            return Err((Rule::StatusClearedBit, what()));
+        }
+        if old & status::FAILED != 0 {
+            return Err((Rule::StatusFailedThenMore, what()));
+        }
+        if self.features_refused && added & status::DRIVER_OK != 0 {
+            return Err((
+                Rule::FeaturesOkRefused,
+                format!("{} after FEATURES_OK was refused", what()),
+            ));
+        }
+        // Bits are added in order; a legacy driver has no FEATURES_OK
+        // step, so one that sets it anyway is harmless and not required.
+        let (ad, features_ok) = (status::ACKNOWLEDGE | status::DRIVER, status::FEATURES_OK);
+        let driver_ok_needs = match self.version {
+            Version::Modern => ad | features_ok,
+            Version::Legacy => ad,
+        };
+        let needs = |bit: u8, before: u8| added & bit != 0 && new & before != before;
+        if needs(status::DRIVER, status::ACKNOWLEDGE)
+            || (self.version == Version::Modern && needs(features_ok, ad))
+            || needs(status::DRIVER_OK, driver_ok_needs)
+            || added & status::DEVICE_NEEDS_RESET != 0
+        {
+            return Err((Rule::StatusOrder, what()));
+        }
+        Ok(())
+    }
+
+    /// FEATURES_OK was just set (modern): accept the features or leave the
+    /// bit clear, so a lenient run's driver sees the refusal (§2.2.2);
+    /// going on regardless is `FeaturesOkRefused`. Whether it accepted.
+    fn features_ok(&mut self) -> bool {
+        self.status &= !status::FEATURES_OK;
+        self.features_refused = true;
+        let (accepted, offered) = (self.driver_features, self.offered());
+        let refusal = if accepted & !offered != 0 {
+            Some((
+                Rule::FeatureNotOffered,
+                format!("driver accepted {accepted:#x}, device offered {offered:#x}"),
+            ))
+        } else if accepted & feature::VERSION_1 == 0 {
+            Some((
+                Rule::FeatureVersion1Missing,
+                format!("driver features {accepted:#x} lack VIRTIO_F_VERSION_1"),
+            ))
+        } else {
+            None
+        };
+        if let Some((rule, detail)) = refusal {
+            self.violate(rule, detail);
+            return false;
+        }
+        self.status |= status::FEATURES_OK;
+        self.features_refused = false;
+        log::debug!("{}: features negotiated: {accepted:#x}", self.label);
+        true
+    }
+
+    // ---- features (§2.2) ----
+
+    /// Feature bits offered: the device's plus VERSION_1 for a modern
+    /// driver; the low 32 (all a legacy driver can see) for a legacy one.
+    pub fn offered(&self) -> u64 {
+        match self.version {
+            Version::Modern => self.device.features() | feature::VERSION_1,
+            Version::Legacy => self.device.features() & 0xffff_ffff,
+        }
+    }
+
+    /// 32 bits of the offered features; `select` 0 is bits 0..32.
+    pub fn device_features(&self, select: u32) -> u32 {
+        feature_word(self.offered(), select)
+    }
+
+    /// 32 bits of what the driver accepted.
+    pub fn driver_features(&self, select: u32) -> u32 {
+        feature_word(self.driver_features, select)
+    }
+
+    /// The driver accepts feature bits `select`·32 .. +32. Modern drivers
+    /// are checked when they set FEATURES_OK; legacy ones, having no such
+    /// step, here, and only offered bits are kept.
+    pub fn write_driver_features(&mut self, select: u32, v: u32) {
+        let (locked, step) = match self.version {
+            Version::Modern => (self.status & status::FEATURES_OK != 0, "FEATURES_OK"),
+            Version::Legacy => (self.driver_ok(), "DRIVER_OK"),
+        };
+        if locked {
+            return self.violate(
+                Rule::FeatureAfterFeaturesOk,
+                format!("driver features[{select}] = {v:#x} after {step}"),
+            );
+        }
+        let Some(shift) = select.checked_mul(32).filter(|&s| s < 64) else {
+            if v != 0 {
+                self.violate(
+                    Rule::FeatureNotOffered,
+                    format!("driver features[{select}] = {v:#x}: no features exist there"),
+                );
+            }
+            return;
+        };
+        let mut word = u64::from(v) << shift;
+        if self.version == Version::Legacy {
+            let offered = self.offered();
+            if word & !offered != 0 {
+                self.violate(
+                    Rule::FeatureNotOffered,
+                    format!("driver accepted {word:#x}, device offered {offered:#x}"),
+                );
+            }
+            word &= offered;
+            self.features_written = true;
+        }
+        self.driver_features = (self.driver_features & !(0xffff_ffff << shift)) | word;
+        log::debug!(
+            "{}: driver features now {:#x}",
+            self.label,
+            self.driver_features
+        );
+    }
+
+    // ---- queues (§2.4, §4.1.4.3) ----
+
+    pub fn num_queues(&self) -> u16 {
+        self.queues.len() as u16
+    }
+
+    pub fn queue_select(&self) -> u16 {
+        self.queue_select
+    }
+
+    pub fn select_queue(&mut self, q: u16) {
+        self.queue_select = q;
+    }
+
+    /// The selected queue's configuration, if it exists.
+    pub fn queue(&self) -> Option<&QueueConfig> {
+        self.queues.get(usize::from(self.queue_select))
+    }
+
+    /// The selected queue for a write, or a violation naming `what`.
+    fn selected_for(&mut self, what: &str) -> Option<usize> {
+        let q = usize::from(self.queue_select);
+        if q < self.queues.len() {
+            return Some(q);
+        }
+        let n = self.queues.len();
+        self.violate(
+            Rule::QueueSelectOutOfRange,
+            format!("{what} for queue {q}, device has {n} queues"),
+        );
+        None
+    }
+
+    /// Whether queue `q` may be (re)configured now; reports why not.
+    fn may_set_up(&mut self, q: usize, what: &str) -> bool {
+        let failed = if self.driver_ok() {
+            Some((Rule::QueueSetupAfterDriverOk, "after DRIVER_OK"))
+        } else {
+            match self.version {
+                Version::Modern if self.features_refused => {
+                    Some((Rule::FeaturesOkRefused, "after FEATURES_OK was refused"))
+                }
+                Version::Modern if self.status & status::FEATURES_OK == 0 => {
+                    Some((Rule::QueueSetupBeforeFeaturesOk, "before FEATURES_OK"))
+                }
+                Version::Legacy if !self.features_written => Some((
+                    Rule::LegacyQueuePfnBeforeFeatures,
+                    "before the features were written",
+                )),
+                _ => None,
+            }
+        };
+        match failed {
+            Some((rule, when)) => {
+                self.violate(rule, format!("queue {q}: {what} {when}"));
+                false
+            }
+            None => true,
+        }
+    }
+
+    /// A modern driver writes one field of the selected queue.
+    pub fn write_queue(&mut self, field: QueueField, v: u32) {
+        let what = format!("{field:?} = {v:#x}");
+        let Some(q) = self.selected_for(&what) else {
+            return;
+        };
+        if !self.may_set_up(q, &what) {
+            return;
+        }
+        if self.queues[q].enabled && field != QueueField::Vector {
+            return self.violate(
+                Rule::QueueSetupAfterDriverOk,
+                format!("queue {q} changed while enabled: {what}"),
+            );
+        }
+        let r = &mut self.queues[q];
+        match field {
+            QueueField::Size => {
+                let (size, max) = (v as u16, r.max);
+                if size == 0 || !size.is_power_of_two() || size > max {
+                    return self.violate(
+                        Rule::QueueSizeInvalid,
+                        format!("queue {q} size {size}, maximum {max}"),
+                    );
+                }
+                r.size = size;
+            }
+            QueueField::Vector => self.queues[q].vector = self.checked_vector(v as u16),
+            QueueField::Enable => self.enable_queue(q, v),
+            QueueField::Address { ring, high } => {
+                let addr = match ring {
+                    0 => &mut r.desc,
+                    1 => &mut r.avail,
+                    _ => &mut r.used,
+                };
+                *addr = if high {
+                    (*addr & 0xffff_ffff) | (u64::from(v) << 32)
+                } else {
+                    r.written |= 1 << ring;
+                    (*addr & !0xffff_ffff) | u64::from(v)
+                };
+            }
+        }
+    }
+
+    fn enable_queue(&mut self, q: usize, v: u32) {
+        if v != 1 {
+            return self.violate(
+                Rule::QueueEnableValue,
+                format!("queue {q}: queue_enable = {v}"),
+            );
+        }
+        let r = self.queues[q];
+        if r.written != 0b111 {
+            let missing: Vec<&str> = (0..3)
+                .filter(|i| r.written & (1 << i) == 0)
+                .map(|i| RINGS[i])
+                .collect();
+            return self.violate(
+                Rule::QueueEnabledIncomplete,
+                format!("queue {q} enabled without its {}", missing.join(", ")),
+            );
+        }
+        self.enable(q, r);
+    }
+
+    /// A legacy driver places the selected queue's rings at `desc`,
+    /// `avail`, `used` (derived from its page number), or with `None`
+    /// takes them away.
+    pub fn place_legacy_queue(&mut self, rings: Option<(u64, u64, u64)>, what: &str) {
+        let Some(q) = self.selected_for(what) else {
+            return;
+        };
+        let Some((desc, avail, used)) = rings else {
+            // Taking a queue away is allowed whenever it is not in use.
+            if self.driver_ok() {
+                self.may_set_up(q, what);
+            } else {
+                log::debug!("{}: queue {q} disabled", self.label);
+                self.queues[q] = QueueConfig::new(self.queues[q].max);
+            }
+            return;
+        };
+        if !self.may_set_up(q, what) {
+            return;
+        }
+        let placed = QueueConfig {
+            desc,
+            avail,
+            used,
+            written: 0b111,
+            ..QueueConfig::new(self.queues[q].max)
+        };
+        self.enable(q, placed);
+    }
+
+    /// Enables queue `q` as `r` says if its rings lie in guest memory;
+    /// otherwise reports why and leaves the queue as it was.
+    fn enable(&mut self, q: usize, r: QueueConfig) {
+        match self.checked_queue(q, &r) {
+            Ok(_) => {
+                log::debug!(
+                    "{}: queue {q} enabled: size {}, desc {:#x}, avail {:#x}, used {:#x}, vector {}",
+                    self.label, r.size, r.desc, r.avail, r.used, r.vector
+                );
+                self.queues[q] = QueueConfig { enabled: true, ..r };
+            }
+            Err(v) => self.reporter.raise(v),
+        }
+    }
+
+    /// A [`CheckedQueue`] over queue `q` as `r` describes it.
+    fn checked_queue(&self, q: usize, r: &QueueConfig) -> Result<CheckedQueue, Violation> {
+        let mem = self.hooks.memory();
+        let index = q as u16;
+        CheckedQueue::new(
+            index,
+            r.max,
+            r.size,
+            r.desc,
+            r.avail,
+            r.used,
+            self.driver_features,
+            &mem,
+        )
+        .map_err(|v| v.on_queue(index))
+    }
+
+    // ---- interrupts (§4.1.5) ----
+
+    /// The configuration-change vector (`msix_config`).
+    pub fn config_vector(&self) -> u16 {
+        self.reporter.config.vector.load(Ordering::SeqCst)
+    }
+
+    pub fn set_config_vector(&mut self, v: u16) {
+        let v = self.checked_vector(v);
+        self.reporter.config.vector.store(v, Ordering::SeqCst);
+    }
+
+    fn checked_vector(&mut self, v: u16) -> u16 {
+        let n = self.msix_vectors;
+        if v != NO_VECTOR && v >= n {
+            self.violate(
+                Rule::MsixVectorInvalid,
+                format!("vector {v}, function has {n}"),
+            );
+            return NO_VECTOR;
+        }
+        v
+    }
+
+    /// Sends `vector`'s message now: the driver unmasked it with an
+    /// interrupt pending.
+    pub fn deliver(&self, vector: u16) {
+        if let Some(i) = &self.interrupt {
+            i.deliver(vector);
+        }
+    }
+
+    /// A read of the ISR status: returns it and clears it (§4.1.4.5).
+    pub fn read_isr(&self) -> u8 {
+        self.isr.swap(0, Ordering::SeqCst)
+    }
+
+    // ---- device configuration ----
+
+    pub fn read_config(&self, offset: u64, data: &mut [u8]) {
+        self.device.read_config(offset as usize, data);
+        log::debug!("{}: read config {offset:#x} = {data:02x?}", self.label);
+    }
+
+    pub fn write_config(&mut self, offset: u64, data: &[u8]) {
+        log::debug!("{}: write config {offset:#x} = {data:02x?}", self.label);
+        self.device.write_config(offset as usize, data);
+    }
+
+    // ---- notifications and workers ----
+
+    /// A notification for queue `q` that KVM did not take (before
+    /// DRIVER_OK, or where the [`Doorbell`] could not be wired).
+    pub fn notify(&mut self, q: u16) {
+        if !self.driver_ok() {
+            let status = self.status;
+            return self.violate(
+                Rule::NotifyBeforeDriverOk,
+                format!("notify for queue {q}, status {status:#04x}"),
+            );
+        }
+        match self.running.iter().find(|r| r.index == q) {
+            Some(r) => {
+                let _ = r.kick.write(1);
+            }
+            None => self.violate(
+                Rule::NotifyBadQueue,
+                format!("notify for queue {q}, which is not enabled"),
+            ),
+        }
+    }
+
+    /// DRIVER_OK: one worker per enabled queue, then their notifications.
+    fn activate(&mut self, notify_base: u64) {
+        let Some(interrupt) = self.interrupt.clone() else {
+            log::error!("{}: DRIVER_OK before interrupts were wired", self.label);
+            return;
+        };
+        let handlers = self.device.activate(self.driver_features);
+        for (q, handler) in handlers.into_iter().enumerate() {
+            if !self.queues.get(q).is_some_and(|r| r.enabled) {
+                continue;
+            }
+            let queue = match self.checked_queue(q, &self.queues[q]) {
+                Ok(queue) => queue,
+                Err(v) => {
+                    self.reporter.raise(v);
+                    break;
+                }
+            };
+            match self.start_worker(queue, handler, &interrupt) {
+                Ok(r) => self.running.push(r),
+                Err(e) => {
+                    log::error!("{}: cannot start queue {q}'s worker: {e}", self.label);
+                    break;
+                }
+            }
+        }
+        // Whatever started gets its notifications, even after an error.
+        let kicks: Vec<(u16, &EventFd)> = self.running.iter().map(|r| (r.index, &r.kick)).collect();
+        if !kicks.is_empty() {
+            let names = Names {
+                label: &self.label,
+                threads: &self.thread_prefix,
+            };
+            self.doorbell
+                .connect(self.hooks.as_ref(), names, notify_base, &kicks);
+        }
+        log::debug!(
+            "{}: DRIVER_OK, {} queue workers running",
+            self.label,
+            self.running.len()
+        );
+    }
+
+    fn start_worker(
+        &self,
+        queue: CheckedQueue,
+        handler: Box<dyn QueueHandler>,
+        interrupt: &Arc<Interrupt>,
+    ) -> std::io::Result<Running> {
+        let index = queue.index();
+        let kick = EventFd::new(libc::EFD_NONBLOCK)?;
+        let reporter = self.reporter.clone();
+        let violations: ViolationSink = Arc::new(move |v: Violation| reporter.raise(v));
+        let worker = Worker::spawn(WorkerSetup {
+            name: format!("{}-q{index}", self.thread_prefix),
+            queue,
+            handler,
+            kick: kick.try_clone()?,
+            vector: self.queues[usize::from(index)].vector,
+            interrupt: interrupt.clone(),
+            violations,
+            mem: self.hooks.memory(),
+        })?;
+        Ok(Running {
+            index,
+            worker,
+            kick,
+        })
+    }
+
+    /// Stops the workers (their notifications first) and joins them.
+    fn stop_workers(&mut self) {
+        if !self.running.is_empty() {
+            self.doorbell.disconnect(self.hooks.as_ref(), &self.label);
+        }
+        for r in self.running.drain(..) {
+            r.worker.stop();
+        }
+    }
+
+    /// Stops the workers and returns to the state after power-on.
+    fn reset(&mut self) {
+        self.stop_workers();
+        self.device.reset();
+        self.status = 0;
+        self.features_refused = false;
+        self.reporter.needs_reset.store(false, Ordering::SeqCst);
+        self.driver_features = 0;
+        self.features_written = false;
+        self.device_feature_select = 0;
+        self.driver_feature_select = 0;
+        self.reporter
+            .config
+            .vector
+            .store(NO_VECTOR, Ordering::SeqCst);
+        self.queue_select = 0;
+        self.isr.store(0, Ordering::SeqCst);
+        for q in &mut self.queues {
+            *q = QueueConfig::new(q.max);
+        }
+    }
+}
+
+impl Drop for Core {
+    fn drop(&mut self) {
+        self.stop_workers();
+    }
+}
+
+/// Bits `select`·32 .. +32 of `features`; 0 beyond bit 63.
+fn feature_word(features: u64, select: u32) -> u32 {
+    match select {
+        0 => features as u32,
+        1 => (features >> 32) as u32,
+        _ => 0,
+    }
+}
+
+#[cfg(test)]
+mod tests;
