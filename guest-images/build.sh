@@ -62,9 +62,9 @@ installed() { [ "$(dpkg -s "$1" 2>/dev/null | sed -n 's/^Status: //p')" = 'insta
 
 if ! command -v dpkg >/dev/null || ! command -v apt-get >/dev/null || [ ! -e /etc/debian_version ]; then
   die "this script needs Debian 12 (bookworm) with dpkg/apt-get: it builds from the Debian packages
-  $LINUX_PKG and busybox-static. On other systems use the prebuilt images
-  (/work/shared/guest-images) or build a Linux 6.1 kernel with src/linux-$KVER.fragment
-  and src/syscall-on-nested-hosts.patch by hand (see guest-images/README.md)."
+  $LINUX_PKG and busybox-static. On other systems point LAUNCHER_GUEST_IMAGES at
+  prebuilt images, or build a Linux 6.1 kernel with src/linux-$KVER.fragment and
+  src/syscall-on-nested-hosts.patch by hand (see guest-images/README.md)."
 fi
 
 # busybox-static conflicts with the (dynamic) busybox package: if that one is

@@ -135,25 +135,22 @@ pub fn load_initrd(
     Ok((GuestAddress(addr), size))
 }
 
-/// 32 bytes from the host's getrandom(2).
+/// 32 bytes from the host's getrandom(2), through the `getrandom` crate,
+/// which retries short reads and EINTR itself.
 fn host_entropy() -> Result<[u8; RNG_SEED_LEN]> {
     let mut seed = [0u8; RNG_SEED_LEN];
-    let mut filled = 0;
-    while filled < seed.len() {
-        let rest = &mut seed[filled..];
-        // SAFETY: `rest` is a live, writable buffer of `rest.len()` bytes and
-        // getrandom writes at most that many into it.
-        let n = unsafe { libc::getrandom(rest.as_mut_ptr().cast(), rest.len(), 0) };
-        if n < 0 {
-            let e = io::Error::last_os_error();
-            if e.kind() == io::ErrorKind::Interrupted {
-                continue;
-            }
-            return Err(Error::Entropy(e));
-        }
-        filled += n as usize;
-    }
+    getrandom::fill(&mut seed).map_err(|e| Error::Entropy(entropy_error(e)))?;
     Ok(seed)
+}
+
+/// The crate's error as an `io::Error`, so an errno prints as its sentence
+/// ("Operation not permitted (os error 1)") rather than as "OS Error: 1",
+/// which is all getrandom's own Display says without its `std` feature.
+fn entropy_error(e: getrandom::Error) -> io::Error {
+    match e.raw_os_error() {
+        Some(errno) => io::Error::from_raw_os_error(errno),
+        None => io::Error::other(e.to_string()),
+    }
 }
 
 /// Writes a SETUP_RNG_SEED `setup_data` node with fresh host entropy at
@@ -338,6 +335,18 @@ mod tests {
         assert_eq!(
             cmdline_capacity(usize::MAX),
             (CMDLINE_AREA_END - CMDLINE_ADDR) as usize - 1
+        );
+    }
+
+    #[test]
+    fn seeds_are_fresh_and_entropy_errors_read_as_sentences() {
+        let a = host_entropy().unwrap();
+        assert_ne!(a, host_entropy().unwrap());
+        let msg = Error::Entropy(entropy_error(getrandom::Error::UNSUPPORTED)).to_string();
+        assert_eq!(
+            msg,
+            "cannot get host entropy for the guest's RNG seed: \
+             getrandom: this target is not supported"
         );
     }
 }

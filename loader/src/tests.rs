@@ -2,7 +2,7 @@
 //! in guest memory, the zero page, initrd placement, and a clear error for
 //! every malformed input.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use linux_loader::loader::bootparam::boot_params;
 use vm_memory::{Bytes, GuestAddress};
@@ -459,20 +459,34 @@ fn load_writes_mp_table_gdt_and_page_tables() {
     );
 }
 
-/// Real images, when the guest-image build left them where CI puts them.
-fn guest_image(name: &str) -> Option<std::path::PathBuf> {
-    let dirs = [
-        std::env::var_os("LAUNCHER_GUEST_IMAGES").map(Into::into),
-        Some(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/guest-images")),
-        Some("/work/shared/guest-images".into()),
+/// The guest-image directory, searched in the order of the integration
+/// tests' `guest_images()` (tests/common/mod.rs): `$LAUNCHER_GUEST_IMAGES`,
+/// `../shared/guest-images` beside the checkout, then the cache that
+/// `guest-images/build.sh` fills (`$XDG_CACHE_HOME` or `~/.cache`).
+fn guest_images() -> Option<PathBuf> {
+    let checkout = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let cache = |base: Option<PathBuf>| base.map(|b| b.join("launcher-guest-images"));
+    let candidates = [
+        std::env::var_os("LAUNCHER_GUEST_IMAGES").map(PathBuf::from),
+        Some(checkout.join("../shared/guest-images")),
+        cache(std::env::var_os("XDG_CACHE_HOME").map(PathBuf::from)),
+        cache(std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache"))),
     ];
-    let found = dirs
+    candidates
         .into_iter()
         .flatten()
-        .map(|d: std::path::PathBuf| d.join(name))
-        .find(|p| p.is_file());
+        .find(|d| d.join("vmlinux").is_file())
+}
+
+/// One real image, or `None` (and a note) when there are none: these
+/// smoke tests are extras, the integration tests insist on images.
+fn guest_image(name: &str) -> Option<PathBuf> {
+    let found = guest_images().map(|d| d.join(name)).filter(|p| p.is_file());
     if found.is_none() {
-        println!("skipping: no guest image {name} (set LAUNCHER_GUEST_IMAGES)");
+        println!(
+            "skipping: no guest image {name} (set LAUNCHER_GUEST_IMAGES, put \
+             shared/guest-images beside the checkout, or run guest-images/build.sh)"
+        );
     }
     found
 }

@@ -108,16 +108,12 @@ pub fn offload_flags(features: u64) -> u32 {
 /// A random locally administered unicast MAC, for when none was given.
 pub fn random_mac() -> io::Result<[u8; 6]> {
     let mut mac = [0u8; 6];
-    // SAFETY: the pointer and length describe `mac`; 6 bytes from the
-    // urandom pool never come back short or interrupted.
-    let n = unsafe { libc::getrandom(mac.as_mut_ptr().cast(), mac.len(), 0) };
-    if n != mac.len() as isize {
-        let e = io::Error::last_os_error();
-        return Err(io::Error::new(
+    super::rng::host_random(&mut mac).map_err(|e| {
+        io::Error::new(
             e.kind(),
-            format!("virtio-net: getrandom for a MAC address: {e}"),
-        ));
-    }
+            format!("virtio-net: cannot get random bytes for a MAC address: {e}"),
+        )
+    })?;
     mac[0] = (mac[0] & 0xfe) | 0x02;
     Ok(mac)
 }
