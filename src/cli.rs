@@ -79,8 +79,13 @@ pub struct Cli {
 
     /// On a virtio rule broken by a guest driver, log it and set
     /// DEVICE_NEEDS_RESET instead of stopping the guest.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "warnings_as_errors")]
     pub lenient: bool,
+
+    /// Stop the guest on a strict-check warning (a broken SHOULD, a device
+    /// limit, a heuristic finding) as on a broken MUST: exit code 3.
+    #[arg(long)]
+    pub warnings_as_errors: bool,
 
     /// Trace what the launcher and the guest's drivers do (repeat for more).
     #[arg(short, long, action = clap::ArgAction::Count)]
@@ -216,6 +221,7 @@ pub struct VmConfig {
     pub vmd: bool,
     pub vmmci: bool,
     pub lenient: bool,
+    pub warnings_as_errors: bool,
     pub control: Option<PathBuf>,
 }
 
@@ -234,6 +240,7 @@ impl From<Cli> for VmConfig {
             vmd: cli.vmd,
             vmmci: cli.vmmci || cli.vmd,
             lenient: cli.lenient,
+            warnings_as_errors: cli.warnings_as_errors,
             control: cli.control,
         }
     }

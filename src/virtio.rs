@@ -6,16 +6,18 @@
 //! wakes the queue's worker without a vCPU exit), gives each MSI-X vector
 //! its own GSI with an irqfd, and keeps KVM's GSI routing table, which
 //! `KVM_SET_GSI_ROUTING` replaces whole: the legacy IOAPIC/PIC routes for
-//! GSIs 0–23 plus one MSI route per programmed vector. A strict-check
-//! violation becomes [`VmRequest::BadDriver`], which ends the run.
+//! GSIs 0–23 plus one MSI route per programmed vector. A broken MUST of the
+//! strict checks becomes [`VmRequest::BadDriver`], which ends the run; a
+//! warning is printed once per rule and device (`devices::guestlog`).
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
 use devices::bus::lock;
+use devices::guestlog;
 use devices::pci::msix::MsiMessage;
 use devices::virtio::transport::VmHooks;
-use devices::virtio::Violation;
+use devices::virtio::{Verdict, Violation};
 use devices::{VmControl, VmRequest};
 use kvm_bindings::{
     kvm_irq_routing_entry, KvmIrqRouting, KVM_IRQCHIP_IOAPIC, KVM_IRQCHIP_PIC_MASTER,
@@ -48,16 +50,25 @@ pub struct KvmHooks {
     mem: GuestMemory,
     control: VmControl,
     lenient: bool,
+    /// `--warnings-as-errors`: a warning stops the run like a broken MUST.
+    warnings_as_errors: bool,
     routes: Mutex<Routes>,
 }
 
 impl KvmHooks {
-    pub fn new(vm: Arc<VmFd>, mem: GuestMemory, control: VmControl, lenient: bool) -> Self {
+    pub fn new(
+        vm: Arc<VmFd>,
+        mem: GuestMemory,
+        control: VmControl,
+        lenient: bool,
+        warnings_as_errors: bool,
+    ) -> Self {
         Self {
             vm,
             mem,
             control,
             lenient,
+            warnings_as_errors,
             routes: Mutex::new(Routes {
                 next_gsi: FIRST_MSI_GSI,
                 gsis: BTreeMap::new(),
@@ -186,13 +197,16 @@ impl VmHooks for KvmHooks {
         Ok(fd)
     }
 
-    fn report(&self, violation: &Violation) {
-        if self.lenient {
-            log::warn!("{violation} (--lenient: device needs reset)");
-        } else {
-            self.control.request(VmRequest::BadDriver {
-                report: violation.to_string(),
-            });
+    fn report(&self, v: &Violation) {
+        let cause = format!("{:?} {}", v.rule, v.device);
+        match v.verdict(self.lenient, self.warnings_as_errors) {
+            Verdict::Stop => self.control.request(VmRequest::BadDriver {
+                report: format!("bad driver: {}", v.body()),
+            }),
+            Verdict::NeedsReset => {
+                guestlog::warn(&cause, format_args!("{v} (--lenient: device needs reset)"))
+            }
+            Verdict::Warn => guestlog::warn(&cause, v),
         }
     }
 

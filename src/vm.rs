@@ -149,6 +149,7 @@ impl Vm {
             mem.clone(),
             control.clone(),
             config.lenient,
+            config.warnings_as_errors,
         ));
         hooks
             .install_routes()

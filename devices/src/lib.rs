@@ -9,6 +9,7 @@
 
 pub mod bus;
 pub mod control;
+pub mod guestlog;
 pub mod legacy;
 pub mod pci;
 pub mod virtio;

@@ -267,6 +267,7 @@ impl Drop for TempDir {
         let _ = std::fs::remove_dir_all(&self.0);
     }
 }
+pub mod strict;
 pub mod test_guest;
 
 /// Why network-namespace tests cannot run here (not root, no `ip`), or
@@ -505,4 +506,18 @@ pub fn ethernet_frame(dst: [u8; 6], src: [u8; 6], ethertype: u16, payload: &[u8]
     f.extend_from_slice(&ethertype.to_be_bytes());
     f.extend_from_slice(payload);
     f
+}
+
+/// The launcher's strict rule called `name` (its `Debug` name).
+pub fn rule(name: &str) -> devices::virtio::Rule {
+    *devices::virtio::Rule::ALL
+        .iter()
+        .find(|r| format!("{r:?}") == name)
+        .unwrap_or_else(|| panic!("no rule {name} in devices::virtio::rules"))
+}
+
+/// How a report names rule `name`: "Name (virtio 1.2 §x)" for a MUST,
+/// "Name (SHOULD, virtio 1.2 §x)" and the like for a warning.
+pub fn rule_label(name: &str) -> String {
+    rule(name).label()
 }

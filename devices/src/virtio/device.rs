@@ -65,6 +65,43 @@ pub trait ConfigSignal: Send + Sync {
     fn clear(&self);
 }
 
+/// One field of a device's configuration space, as the strict checks see
+/// it: where it is, the width of its elements (a `u8 mac[6]` has elements
+/// of 1, a `le64 capacity` one element of 8), and the feature that makes
+/// it exist (0: always there).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConfigField {
+    pub name: &'static str,
+    pub offset: u16,
+    pub len: u16,
+    pub elem: u8,
+    pub feature: u64,
+    /// Must not be accessed before FEATURES_OK (blk `writeback`, §5.2.5.1).
+    pub after_features_ok: bool,
+}
+
+impl ConfigField {
+    /// A field present whatever the features.
+    pub const fn always(name: &'static str, offset: u16, len: u16, elem: u8) -> Self {
+        Self {
+            name,
+            offset,
+            len,
+            elem,
+            feature: 0,
+            after_features_ok: false,
+        }
+    }
+
+    /// A field that exists only when the device offers `feature` (a mask).
+    pub const fn with(name: &'static str, offset: u16, len: u16, elem: u8, feature: u64) -> Self {
+        Self {
+            feature,
+            ..Self::always(name, offset, len, elem)
+        }
+    }
+}
+
 /// A virtio device, independent of transport.
 pub trait VirtioDevice: Send {
     /// Device type (virtio 1.0 §5): 1 net, 2 block, 3 console, 4 rng.
@@ -79,6 +116,17 @@ pub trait VirtioDevice: Send {
     fn read_config(&self, offset: usize, data: &mut [u8]);
     /// Writes it; most devices have nothing writable.
     fn write_config(&mut self, _offset: usize, _data: &[u8]) {}
+    /// The configuration space's layout (virtio 1.2 §5.x), for the strict
+    /// checks of access width, optional fields and timing; empty for a
+    /// device whose accesses are not checked (vmmci).
+    fn config_fields(&self) -> &'static [ConfigField] {
+        &[]
+    }
+    /// Pairs (feature, features it requires) as masks: accepting the first
+    /// without all of the second is `FeatureMissingPrerequisite` (§2.2.1).
+    fn feature_prerequisites(&self) -> &'static [(u64, u64)] {
+        &[]
+    }
     /// The driver set DRIVER_OK with `features` negotiated: one handler
     /// per queue, in queue order.
     fn activate(&mut self, features: u64) -> Vec<Box<dyn QueueHandler>>;

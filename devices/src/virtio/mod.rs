@@ -14,4 +14,4 @@ pub mod vmmci;
 pub mod worker;
 
 pub use device::{QueueHandler, VirtioDevice};
-pub use rules::{Rule, Violation};
+pub use rules::{Level, Rule, Verdict, Violation};

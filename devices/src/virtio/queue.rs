@@ -139,6 +139,8 @@ struct Walk {
     bytes: u64,
     /// Descriptors visited so far, direct and indirect; bounded by the queue size.
     count: u32,
+    /// Findings that do not stop the walk.
+    warnings: Vec<Violation>,
 }
 
 /// One split virtqueue as the driver set it up, checked against §2.4.
@@ -152,6 +154,13 @@ pub struct CheckedQueue {
     event_idx: bool,
     /// The first violation seen; a broken queue stays broken until reset.
     broken: Option<Violation>,
+    /// avail.idx as last read: it may never go back (§2.7.6.1 of 1.2).
+    seen_avail: Wrapping<u16>,
+    /// Heads popped and not yet used: the driver may not expose them again
+    /// until the device gives them back (§3.3.1 of 1.2).
+    in_flight: Vec<bool>,
+    /// Findings that are not MUSTs, for the worker to report.
+    warnings: Vec<Violation>,
 }
 
 impl CheckedQueue {
@@ -226,7 +235,41 @@ impl CheckedQueue {
             indirect_allowed: features & (1 << VIRTIO_RING_F_INDIRECT_DESC) != 0,
             event_idx,
             broken: None,
+            seen_avail: Wrapping(0),
+            in_flight: vec![false; usize::from(size)],
+            warnings: Vec::new(),
         })
+    }
+
+    /// Checks what the driver must have set up before the device first
+    /// uses the queue: used.flags is 0 (§2.7.10.1 of 1.2). Called at
+    /// DRIVER_OK, before the device writes the used ring itself.
+    pub fn check_fresh(&self, mem: &GuestMemoryMmap) -> Result<(), Violation> {
+        let used = self.queue.used_ring();
+        let flags = mem.read_obj::<u16>(GuestAddress(used)).map(u16::from_le);
+        match flags {
+            Ok(0) => Ok(()),
+            Ok(f) => Err(self.violation(
+                Rule::UsedFlagsNotZero,
+                format!("used.flags at {used:#x} is {f:#x}"),
+            )),
+            Err(e) => Err(self.violation(
+                Rule::QueueAddressOutsideMemory,
+                format!("reading used.flags: {e}"),
+            )),
+        }
+    }
+
+    /// Records a finding that does not stop the queue (a SHOULD, a device
+    /// limit); the worker reports it after the handler returns.
+    pub fn warn(&mut self, rule: Rule, detail: String) {
+        let v = self.violation(rule, detail);
+        self.warnings.push(v);
+    }
+
+    /// The findings recorded since the last call.
+    pub fn take_warnings(&mut self) -> Vec<Violation> {
+        std::mem::take(&mut self.warnings)
     }
 
     pub fn index(&self) -> u16 {
@@ -255,6 +298,7 @@ impl CheckedQueue {
         let size = self.queue.size();
         let next = Wrapping(self.queue.next_avail());
         let mut idx = self.avail_idx(mem)?;
+        self.check_avail_flags(mem)?;
         if idx == next {
             // Drained: re-arm the driver's notifications (with EVENT_IDX the
             // driver only kicks when it passes avail_event, which must follow
@@ -302,11 +346,20 @@ impl CheckedQueue {
                 format!("avail.ring[{slot}] names head descriptor {head}, the table has {size}"),
             ));
         }
+        let in_flight = &mut self.in_flight[usize::from(head)];
+        if *in_flight {
+            return Err(self.violation(
+                Rule::BufferReusedInFlight,
+                format!("avail.ring[{slot}] names head {head}, which the device has not used yet"),
+            ));
+        }
+        *in_flight = true;
         let mut walk = Walk {
             head,
             buffers: Vec::new(),
             bytes: 0,
             count: 0,
+            warnings: Vec::new(),
         };
         self.walk_table(
             mem,
@@ -316,6 +369,7 @@ impl CheckedQueue {
             head,
             Table::Direct,
         )?;
+        self.warnings.append(&mut walk.warnings);
         Ok(Some(Chain {
             head,
             buffers: walk.buffers,
@@ -323,14 +377,26 @@ impl CheckedQueue {
     }
 
     /// avail.idx; Acquire, so the ring entries and descriptors behind it are
-    /// read after it.
-    fn avail_idx(&self, mem: &GuestMemoryMmap) -> Result<Wrapping<u16>, Violation> {
-        self.queue.avail_idx(mem, Ordering::Acquire).map_err(|e| {
+    /// read after it. It may only move forward.
+    fn avail_idx(&mut self, mem: &GuestMemoryMmap) -> Result<Wrapping<u16>, Violation> {
+        let idx = self.queue.avail_idx(mem, Ordering::Acquire).map_err(|e| {
             self.violation(
                 Rule::QueueAddressOutsideMemory,
                 format!("reading avail.idx: {e}"),
             )
-        })
+        })?;
+        let back = (self.seen_avail - idx).0;
+        if back != 0 && back < 0x8000 {
+            return Err(self.violation(
+                Rule::AvailIndexDecrement,
+                format!(
+                    "avail.idx went back from {} to {}",
+                    self.seen_avail.0, idx.0
+                ),
+            ));
+        }
+        self.seen_avail = idx;
+        Ok(idx)
     }
 
     /// Follows `next` links through one table (`entries` long) from `start`.
@@ -475,7 +541,9 @@ impl CheckedQueue {
         let name = table.name(i);
         let (addr, len) = (d.addr(), d.len());
         if len == 0 {
-            return Err(self.violation(
+            // No spec text forbids it; QEMU refuses it, so drivers that
+            // rely on it are not portable. It carries no data either way.
+            walk.warnings.push(self.violation(
                 Rule::DescriptorZeroLength,
                 format!("{name} has length 0 (address {:#x})", addr.0),
             ));
@@ -531,6 +599,7 @@ impl CheckedQueue {
                 format!("device bug: add_used of head {head}, the table has {size}"),
             ));
         }
+        self.in_flight[usize::from(head)] = false;
         self.queue.add_used(mem, head, len).map_err(|e| {
             self.violation(
                 Rule::QueueAddressOutsideMemory,
@@ -551,6 +620,36 @@ impl CheckedQueue {
         mem.load::<u16>(GuestAddress(self.queue.avail_ring()), Ordering::Relaxed)
             .map(|flags| u16::from_le(flags) & VRING_AVAIL_F_NO_INTERRUPT as u16 == 0)
             .unwrap_or(true)
+    }
+
+    /// avail.flags: 0 or VIRTQ_AVAIL_F_NO_INTERRUPT, and 0 with EVENT_IDX
+    /// (§2.7.7.1 of 1.2).
+    fn check_avail_flags(&self, mem: &GuestMemoryMmap) -> Result<(), Violation> {
+        let at = GuestAddress(self.queue.avail_ring());
+        let flags = mem.load::<u16>(at, Ordering::Relaxed).map(u16::from_le);
+        let allowed = if self.event_idx {
+            0
+        } else {
+            VRING_AVAIL_F_NO_INTERRUPT as u16
+        };
+        match flags {
+            Ok(f) if f & !allowed == 0 => Ok(()),
+            Ok(f) => Err(self.violation(
+                Rule::AvailFlagsInvalid,
+                format!(
+                    "avail.flags is {f:#x}{}",
+                    if self.event_idx {
+                        " with VIRTIO_F_EVENT_IDX negotiated"
+                    } else {
+                        ""
+                    }
+                ),
+            )),
+            Err(e) => Err(self.violation(
+                Rule::QueueAddressOutsideMemory,
+                format!("reading avail.flags: {e}"),
+            )),
+        }
     }
 
     fn violation(&self, rule: Rule, detail: String) -> Violation {
@@ -986,8 +1085,89 @@ mod tests {
         put(&vq, 0, desc(0x1000, 8, NEXT, 1));
         put(&vq, 1, desc(0x2000, 0, WRITE, 0));
         offer(&vq, 0);
-        let v = expect(&mut q, &mem, Rule::DescriptorZeroLength);
-        assert!(v.detail.contains("descriptor 1 has length 0"), "{v}");
+        // A device limit, not a spec rule: the chain goes through, with a
+        // warning for the worker to report.
+        let chain = q.pop(&mem).unwrap().unwrap();
+        assert_eq!(chain.buffers.len(), 2);
+        let w = q.take_warnings();
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert_eq!(
+            (w[0].rule, w[0].queue),
+            (Rule::DescriptorZeroLength, Some(8))
+        );
+        assert!(
+            w[0].detail.contains("descriptor 1 has length 0"),
+            "{}",
+            w[0]
+        );
+        assert!(q.take_warnings().is_empty(), "taken once");
+    }
+
+    #[test]
+    fn avail_index_may_not_go_back() {
+        let mem = ram();
+        let (vq, mut q) = setup(&mem, 3, 0);
+        put(&vq, 0, desc(0x1000, 8, 0, 0));
+        put(&vq, 1, desc(0x1100, 8, 0, 0));
+        offer(&vq, 0);
+        offer(&vq, 1);
+        assert_eq!(q.pop(&mem).unwrap().unwrap().head, 0);
+        // The driver takes back the entry the device has not read yet.
+        vq.avail().idx().store(1);
+        let v = expect(&mut q, &mem, Rule::AvailIndexDecrement);
+        assert!(v.detail.contains("from 2 to 1"), "{v}");
+    }
+
+    #[test]
+    fn avail_flags_are_0_or_no_interrupt_and_0_with_event_idx() {
+        for (features, flags, ok) in [
+            (0, 0, true),
+            (0, 1, true),
+            (0, 2, false),
+            (F_EVENT_IDX, 0, true),
+            (F_EVENT_IDX, 1, false),
+        ] {
+            let mem = ram();
+            let (vq, mut q) = setup(&mem, 4, features);
+            put(&vq, 0, desc(0x1000, 8, 0, 0));
+            offer(&vq, 0);
+            mem.write_obj::<u16>(flags, vq.avail_addr()).unwrap();
+            if ok {
+                assert!(q.pop(&mem).unwrap().is_some(), "flags {flags}");
+            } else {
+                expect(&mut q, &mem, Rule::AvailFlagsInvalid);
+            }
+        }
+    }
+
+    #[test]
+    fn a_head_in_flight_may_not_be_offered_again() {
+        let mem = ram();
+        let (vq, mut q) = setup(&mem, 6, 0);
+        put(&vq, 0, desc(0x1000, 8, WRITE, 0));
+        offer(&vq, 0);
+        assert_eq!(q.pop(&mem).unwrap().unwrap().head, 0);
+        offer(&vq, 0);
+        let v = expect(&mut q, &mem, Rule::BufferReusedInFlight);
+        assert!(v.detail.contains("head 0"), "{v}");
+
+        // Once used, it may come again.
+        let (vq, mut q) = setup(&mem, 6, 0);
+        offer(&vq, 0);
+        assert_eq!(q.pop(&mem).unwrap().unwrap().head, 0);
+        q.add_used(&mem, 0, 8).unwrap();
+        offer(&vq, 0);
+        assert_eq!(q.pop(&mem).unwrap().unwrap().head, 0);
+    }
+
+    #[test]
+    fn used_flags_must_start_at_zero() {
+        let mem = ram();
+        let (_vq, q) = setup(&mem, 2, 0);
+        q.check_fresh(&mem).unwrap();
+        mem.write_obj(1u16, GuestAddress(USED)).unwrap();
+        let v = q.check_fresh(&mem).unwrap_err();
+        assert_eq!((v.rule, v.queue), (Rule::UsedFlagsNotZero, Some(2)));
     }
 
     #[test]
@@ -1072,11 +1252,11 @@ mod tests {
     fn a_broken_queue_stays_broken() {
         let mem = ram();
         let (vq, mut q) = setup(&mem, 14, 0);
-        put(&vq, 0, desc(0x1000, 0, 0, 0));
+        put(&vq, 0, desc(0x1000, 8, NEXT, 99));
         put(&vq, 1, desc(0x1000, 8, 0, 0));
         offer(&vq, 0);
         offer(&vq, 1);
-        let first = expect(&mut q, &mem, Rule::DescriptorZeroLength);
+        let first = expect(&mut q, &mem, Rule::DescriptorIndexOutOfRange);
         assert_eq!(q.pop(&mem).unwrap_err(), first);
     }
 

@@ -6,7 +6,9 @@
 //! device's backend descriptor, if it has one, and a stop eventfd), runs
 //! the device's [`QueueHandler`] over the [`CheckedQueue`], and interrupts
 //! the guest through [`Interrupt`] when the driver wants to hear about used
-//! buffers. A rule the driver breaks ends the worker and is reported.
+//! buffers. A MUST the driver breaks ends the worker and is reported;
+//! lesser findings (warnings the queue or handler recorded) are reported
+//! and the worker goes on.
 //!
 //! ```text
 //! guest writes notify ─► KVM ioeventfd ─► worker: handler.process(queue) ─► irqfd ─► guest
@@ -113,7 +115,11 @@ fn run(mut s: WorkerSetup, stop: EventFd) {
                 _ => {}
             }
         }
-        match s.handler.process(&mut s.queue, &s.mem) {
+        let result = s.handler.process(&mut s.queue, &s.mem);
+        for warning in s.queue.take_warnings() {
+            (s.violations)(warning);
+        }
+        match result {
             Ok(true) => {
                 if s.queue.needs_interrupt(&s.mem) {
                     s.interrupt.signal(s.vector, ISR_QUEUE);

@@ -81,12 +81,14 @@ struct Reporter {
 }
 
 impl Reporter {
-    /// Reports `v` (strict mode ends the VM there); under `--lenient` marks
-    /// the device as needing a reset and tells the driver with a
-    /// configuration interrupt (§2.1.2).
+    /// Reports `v`. A broken MUST ends a strict run there; under
+    /// `--lenient` it marks the device as needing a reset and tells the
+    /// driver with a configuration interrupt (§2.1.2). A warning changes
+    /// nothing for the device.
     fn raise(&self, v: Violation) {
+        let fatal = v.is_fatal();
         self.hooks.report(&v.on_device(self.label.clone()));
-        if self.hooks.lenient() {
+        if fatal && self.hooks.lenient() {
             self.needs_reset.store(true, Ordering::SeqCst);
             self.config.raise();
         }
@@ -376,7 +378,8 @@ impl Core {
                 format!("driver features {accepted:#x} lack VIRTIO_F_VERSION_1"),
             ))
         } else {
-            None
+            self.missing_prerequisite(accepted)
+                .map(|d| (Rule::FeatureMissingPrerequisite, d))
         };
         if let Some((rule, detail)) = refusal {
             self.violate(rule, detail);
@@ -389,6 +392,18 @@ impl Core {
     }
 
     // ---- features (§2.2) ----
+
+    /// The first feature in `accepted` whose prerequisites are not all
+    /// accepted too (§2.2.1), described.
+    fn missing_prerequisite(&self, accepted: u64) -> Option<String> {
+        let prerequisites = self.device.feature_prerequisites();
+        let (f, needs) = prerequisites
+            .iter()
+            .find(|&&(f, needs)| accepted & f != 0 && accepted & needs != needs)?;
+        Some(format!(
+            "driver accepted {accepted:#x}: feature {f:#x} needs {needs:#x}"
+        ))
+    }
 
     /// Feature bits offered: the device's plus VERSION_1 for a modern
     /// driver; the low 32 (all a legacy driver can see) for a legacy one.
@@ -443,6 +458,10 @@ impl Core {
             }
             word &= offered;
             self.features_written = true;
+            let accepted = (self.driver_features & !(0xffff_ffff << shift)) | word;
+            if let Some(detail) = self.missing_prerequisite(accepted) {
+                self.violate(Rule::FeatureMissingPrerequisite, detail);
+            }
         }
         self.driver_features = (self.driver_features & !(0xffff_ffff << shift)) | word;
         log::debug!(
@@ -678,16 +697,80 @@ impl Core {
         self.isr.swap(0, Ordering::SeqCst)
     }
 
-    // ---- device configuration ----
+    // ---- device configuration (§2.5, §4.1.3.1) ----
 
-    pub fn read_config(&self, offset: u64, data: &mut [u8]) {
-        self.device.read_config(offset as usize, data);
+    /// A driver read of the device configuration at `offset`.
+    pub fn read_config(&mut self, offset: u64, data: &mut [u8]) {
+        if self.config_access_allowed(offset, data.len(), false) {
+            self.device.read_config(offset as usize, data);
+        }
         log::debug!("{}: read config {offset:#x} = {data:02x?}", self.label);
     }
 
+    /// A driver write of the device configuration at `offset`.
     pub fn write_config(&mut self, offset: u64, data: &[u8]) {
         log::debug!("{}: write config {offset:#x} = {data:02x?}", self.label);
-        self.device.write_config(offset as usize, data);
+        if self.config_access_allowed(offset, data.len(), true) {
+            self.device.write_config(offset as usize, data);
+        }
+    }
+
+    /// Checks a configuration access against the device's layout: the
+    /// field must exist (its feature offered), be accessed at its natural
+    /// width (modern), and not be written, or for some fields touched at
+    /// all, before FEATURES_OK (modern). Whether to carry it out.
+    fn config_access_allowed(&mut self, offset: u64, len: usize, write: bool) -> bool {
+        let fields = self.device.config_fields();
+        if fields.is_empty() {
+            return true;
+        }
+        let dir = if write { "write" } else { "read" };
+        let at = format!("{len}-byte {dir} at config offset {offset:#x}");
+        let Some(f) = fields.iter().find(|f| {
+            let start = u64::from(f.offset);
+            (start..start + u64::from(f.len)).contains(&offset)
+        }) else {
+            self.violate(Rule::AccessOffset, format!("{at}: no field there"));
+            return true;
+        };
+        let rel = offset - u64::from(f.offset);
+        let name = f.name;
+        let broken = if f.feature != 0 && self.offered() & f.feature == 0 {
+            Some((
+                Rule::ConfigFieldNotOffered,
+                format!("{at} ({name}): its feature {:#x} is not offered", f.feature),
+            ))
+        } else if self.version == Version::Modern
+            && !natural_width(u64::from(f.elem), rel, len as u64, u64::from(f.len))
+        {
+            Some((
+                Rule::ConfigAccessWidth,
+                format!("{at}: {name} has {}-byte elements", f.elem),
+            ))
+        } else if self.version == Version::Modern && self.status & status::FEATURES_OK == 0 {
+            if f.after_features_ok {
+                Some((
+                    Rule::BlkWritebackBeforeFeaturesOk,
+                    format!("{at} ({name}) before FEATURES_OK"),
+                ))
+            } else if write {
+                Some((
+                    Rule::ConfigWriteBeforeFeaturesOk,
+                    format!("{at} ({name}) before FEATURES_OK"),
+                ))
+            } else {
+                None
+            }
+        } else {
+            None
+        };
+        match broken {
+            Some((rule, detail)) => {
+                self.violate(rule, detail);
+                false
+            }
+            None => true,
+        }
     }
 
     // ---- notifications and workers ----
@@ -820,6 +903,14 @@ impl Drop for Core {
     fn drop(&mut self) {
         self.stop_workers();
     }
+}
+
+/// §4.1.3.1: 8-bit fields take 8-bit accesses, 16-bit fields aligned
+/// 16-bit ones, 32- and 64-bit fields aligned 32-bit ones. `rel` is the
+/// access's offset into the field, `field_len` the field's size.
+fn natural_width(elem: u64, rel: u64, len: u64, field_len: u64) -> bool {
+    let width = elem.clamp(1, 4);
+    len == width && rel.is_multiple_of(width) && rel + len <= field_len
 }
 
 /// Bits `select`·32 .. +32 of `features`; 0 beyond bit 63.

@@ -405,8 +405,8 @@ fn thread_names() -> Vec<String> {
 fn lenient_sets_needs_reset_and_interrupts_until_reset() {
     for v in BOTH {
         let mut r = rig(v, 1, true);
-        r.core.violate(Rule::IsrWrite, "test".into());
-        assert_eq!(r.take(), [Rule::IsrWrite]);
+        r.core.violate(Rule::ReadOnlyWrite, "test".into());
+        assert_eq!(r.take(), [Rule::ReadOnlyWrite]);
         assert_ne!(r.core.status() & status::DEVICE_NEEDS_RESET, 0, "{v:?}");
         assert_eq!(r.hooks.pulses(), 1, "{v:?}: configuration interrupt");
         assert_eq!(r.core.read_isr(), ISR_CONFIG);
@@ -416,6 +416,12 @@ fn lenient_sets_needs_reset_and_interrupts_until_reset() {
     }
     // Strict: reported, nothing else.
     let mut r = rig(Version::Modern, 1, false);
+    r.core.violate(Rule::ReadOnlyWrite, "test".into());
+    assert_eq!(r.take(), [Rule::ReadOnlyWrite]);
+    assert_eq!(r.core.status(), 0);
+    assert_eq!(r.hooks.pulses(), 0);
+    // A warning, even lenient, leaves the device alone.
+    let mut r = rig(Version::Modern, 1, true);
     r.core.violate(Rule::IsrWrite, "test".into());
     assert_eq!(r.take(), [Rule::IsrWrite]);
     assert_eq!(r.core.status(), 0);
