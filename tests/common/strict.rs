@@ -68,6 +68,15 @@ pub const STOP_RNG: Table = &[
     ("bad-write-before-read", "WriteBeforeRead"),
     ("bad-indirect-not-negotiated", "IndirectNotNegotiated"),
     ("bad-wrong-direction", "RngBufferReadable"),
+    ("bad-pci-cfg-length", "PciCfgLength"),
+    ("bad-reset-not-confirmed", "ResetNotConfirmed"),
+    ("bad-features-ok-not-reread", "FeaturesOkNotReread"),
+    ("bad-feature-before-driver", "FeatureBeforeDriver"),
+    ("bad-msix-vector-not-read-back", "MsixVectorNotReadBack"),
+    ("bad-used-flags-not-zero", "UsedFlagsNotZero"),
+    ("bad-capability-write", "CapabilityWrite"),
+    ("bad-avail-index-decrement", "AvailIndexDecrement"),
+    ("bad-avail-flags-invalid", "AvailFlagsInvalid"),
 ];
 
 /// Warnings on virtio-rng (`--rng`, modern).
@@ -77,16 +86,28 @@ pub const WARN_RNG: Table = &[
     ("bad-isr-write", "IsrWrite"),
     ("bad-notify-bad-queue", "NotifyBadQueue"),
     ("bad-descriptor-zero-length", "DescriptorZeroLength"),
+    ("bad-buffer-reused-in-flight", "BufferReusedInFlight"),
 ];
 
 /// MUSTs broken on virtio-rng behind `--legacy`.
 pub const STOP_RNG_LEGACY: Table = &[];
 
 /// Warnings on virtio-rng behind `--legacy`.
-pub const WARN_RNG_LEGACY: Table = &[(
-    "bad-legacy-queue-pfn-before-features",
-    "LegacyQueuePfnBeforeFeatures",
-)];
+pub const WARN_RNG_LEGACY: Table = &[
+    (
+        "bad-legacy-queue-pfn-before-features",
+        "LegacyQueuePfnBeforeFeatures",
+    ),
+    (
+        "bad-legacy-notify-before-driver-ok",
+        "LegacyNotifyBeforeDriverOk",
+    ),
+    (
+        "bad-legacy-feature-after-driver-ok",
+        "LegacyFeatureAfterDriverOk",
+    ),
+    ("bad-legacy-header-access", "LegacyHeaderAccess"),
+];
 
 // ---- virtio-blk (`--block DISK`): tests/virtio_strict.rs runs these ----
 
@@ -120,7 +141,7 @@ pub const STOP_NET_LEGACY: Table = &[];
 // ---- virtio-console: tests/virtio_strict.rs ----
 
 /// MUSTs broken on virtio-console (modern).
-pub const STOP_CONSOLE: Table = &[];
+pub const STOP_CONSOLE: Table = &[("bad-console-buffer-direction", "ConsoleBufferDirection")];
 
 /// Rules checked by a scenario outside these tables, with the test that
 /// does it: only reachable with `--lenient`, say, because the rule follows
@@ -134,22 +155,7 @@ pub const ELSEWHERE: &[(&str, &str)] = &[(
 /// that work on one device does not touch another's.
 pub const NOT_COVERED: &[&[(&str, &str)]] = &[NOT_COVERED_CORE, NOT_COVERED_NET, NOT_COVERED_BLK];
 
-pub const NOT_COVERED_CORE: &[(&str, &str)] = &[
-    ("PciCfgLength", "scenario not written yet"),
-    ("ResetNotConfirmed", "scenario not written yet"),
-    ("FeaturesOkNotReread", "scenario not written yet"),
-    ("FeatureBeforeDriver", "scenario not written yet"),
-    ("LegacyFeatureAfterDriverOk", "scenario not written yet"),
-    ("MsixVectorNotReadBack", "scenario not written yet"),
-    ("UsedFlagsNotZero", "scenario not written yet"),
-    ("CapabilityWrite", "scenario not written yet"),
-    ("LegacyNotifyBeforeDriverOk", "scenario not written yet"),
-    ("LegacyHeaderAccess", "scenario not written yet"),
-    ("AvailIndexDecrement", "scenario not written yet"),
-    ("AvailFlagsInvalid", "scenario not written yet"),
-    ("BufferReusedInFlight", "scenario not written yet"),
-    ("ConsoleBufferDirection", "scenario not written yet"),
-];
+pub const NOT_COVERED_CORE: &[(&str, &str)] = &[];
 
 pub const NOT_COVERED_NET: &[(&str, &str)] = &[
     ("NetTxBufferWritable", "scenario not written yet"),

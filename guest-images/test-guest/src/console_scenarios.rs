@@ -24,6 +24,7 @@ use crate::virtio_scenarios::fail;
 pub const SCENARIOS: &[(&str, Scenario)] = &[
     ("virtio-console-out", console_out),
     ("virtio-console-echo", console_echo),
+    ("bad-console-buffer-direction", bad_console_buffer_direction),
 ];
 
 const RECEIVEQ: u16 = 0;
@@ -210,4 +211,16 @@ fn console_echo(_: &Cmdline) -> ! {
     }
     c.send(&[b"HVC-ECHO ", text, b"\n"]);
     finish()
+}
+
+/// A device-writable buffer on the transmitq (queue 1), which must carry
+/// only device-readable ones (§5.3.6.1).
+fn bad_console_buffer_direction(_: &Cmdline) -> ! {
+    let mut c = Console::start(false);
+    crate::pci::enumerate();
+    let head = c.tx.avail_idx % c.tx.size;
+    c.tx.set_desc(head, DATA.addr(), 16, DESC_WRITE, 0);
+    c.tx.offer(head);
+    c.dev.notify(&c.tx);
+    crate::virtio_scenarios::after_bad(&c.dev)
 }

@@ -42,6 +42,15 @@ pub const SCENARIOS: &[(&str, Scenario)] = &[
         "bad-legacy-queue-pfn-before-features",
         bad_legacy_queue_pfn_before_features,
     ),
+    (
+        "bad-legacy-notify-before-driver-ok",
+        bad_legacy_notify_before_driver_ok,
+    ),
+    (
+        "bad-legacy-feature-after-driver-ok",
+        bad_legacy_feature_after_driver_ok,
+    ),
+    ("bad-legacy-header-access", bad_legacy_header_access),
 ];
 
 /// The legacy rings (page-aligned, room for 256 entries).
@@ -174,6 +183,44 @@ fn bad_legacy_queue_pfn_before_features(_: &Cmdline) -> ! {
     let d = Legacy::start();
     let vq = d.queue0();
     d.set_pfn(&vq);
+    after_bad(&d)
+}
+
+/// Uses queue 0 before DRIVER_OK, as old legacy drivers did (§3.1.2): the
+/// device must serve it, and warns.
+fn bad_legacy_notify_before_driver_ok(_: &Cmdline) -> ! {
+    let d = Legacy::start();
+    outl(d.io + reg::GUEST_FEATURES, 0);
+    let mut vq = d.queue0();
+    d.set_pfn(&vq);
+    let a = read_random(&d, &mut vq, 0);
+    print!("GUEST-RNG-EARLY a=");
+    print_hex(&a);
+    println!();
+    after_bad(&d)
+}
+
+/// Changes its features once the device runs.
+fn bad_legacy_feature_after_driver_ok(_: &Cmdline) -> ! {
+    let d = Legacy::start();
+    outl(d.io + reg::GUEST_FEATURES, 0);
+    let vq = d.queue0();
+    d.set_pfn(&vq);
+    d.set_status(status::ACKNOWLEDGE | status::DRIVER | status::DRIVER_OK);
+    // Any other value than the one accepted before DRIVER_OK.
+    let late = inl(d.io + reg::HOST_FEATURES).max(1);
+    outl(d.io + reg::GUEST_FEATURES, late);
+    after_bad(&d)
+}
+
+/// Reads QUEUE_NUM (16 bits) with a 32-bit access.
+fn bad_legacy_header_access(_: &Cmdline) -> ! {
+    let d = Legacy::start();
+    core::hint::black_box(inl(d.io + reg::QUEUE_NUM));
+    after_bad(&d)
+}
+
+fn after_bad(d: &Legacy) -> ! {
     println!("GUEST-AFTER-BAD");
     for _ in 0..SETTLE_READS {
         if d.status() & status::DEVICE_NEEDS_RESET != 0 {

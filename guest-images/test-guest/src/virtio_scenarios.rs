@@ -91,6 +91,16 @@ pub const BAD: &[(&str, Bad)] = &[
     ("bad-write-before-read", bad_write_before_read),
     ("bad-indirect-not-negotiated", bad_indirect_not_negotiated),
     ("bad-wrong-direction", bad_wrong_direction),
+    ("bad-pci-cfg-length", bad_pci_cfg_length),
+    ("bad-reset-not-confirmed", bad_reset_not_confirmed),
+    ("bad-features-ok-not-reread", bad_features_ok_not_reread),
+    ("bad-feature-before-driver", bad_feature_before_driver),
+    ("bad-msix-vector-not-read-back", bad_msix_vector_not_read_back),
+    ("bad-used-flags-not-zero", bad_used_flags_not_zero),
+    ("bad-capability-write", bad_capability_write),
+    ("bad-avail-index-decrement", bad_avail_index_decrement),
+    ("bad-avail-flags-invalid", bad_avail_flags_invalid),
+    ("bad-buffer-reused-in-flight", bad_buffer_reused_in_flight),
 ];
 
 /// Runs `name` if it is one of ours; returns if it is not.
@@ -127,7 +137,9 @@ fn ready() -> (Device, Vq) {
     (d, vq)
 }
 
-fn after_bad(d: &Device) -> ! {
+/// After misbehaving: `GUEST-AFTER-BAD`, a wait for DEVICE_NEEDS_RESET
+/// (`--lenient`), `GUEST-STATUS`, power off.
+pub fn after_bad(d: &Device) -> ! {
     println!("GUEST-AFTER-BAD");
     for _ in 0..SETTLE_READS {
         if d.status() & status::DEVICE_NEEDS_RESET != 0 {
@@ -425,9 +437,119 @@ fn bad_notify_bad_queue() -> Device {
 fn bad_pci_cfg_access() -> Device {
     let d = start();
     d.init();
-    // A 3-byte access through the VIRTIO_PCI_CAP_PCI_CFG window.
+    // A 4-byte access through the VIRTIO_PCI_CAP_PCI_CFG window at an
+    // offset that is not a multiple of 4 (num_queues is at 0x12).
+    let common_off = (d.common.addr - d.bar0) as u32;
+    d.pci_cfg_read(common_off + common::NUM_QUEUES as u32, 4);
+    d
+}
+
+fn bad_pci_cfg_length() -> Device {
+    let d = start();
+    d.init();
+    // A 3-byte access through the window.
     let common_off = (d.common.addr - d.bar0) as u32;
     d.pci_cfg_read(common_off + common::DEVICE_STATUS as u32, 3);
+    d
+}
+
+// --- the reads a driver owes, vectors, capabilities (§3.1.1, §4.1) ---
+
+fn bad_reset_not_confirmed() -> Device {
+    let (d, _vq) = ready();
+    d.set_status(0);
+    // Re-initialises without reading device_status back as 0.
+    d.set_status(status::ACKNOWLEDGE);
+    d
+}
+
+fn bad_features_ok_not_reread() -> Device {
+    let d = start();
+    d.begin();
+    d.device_features();
+    d.set_driver_features(F_VERSION_1);
+    d.set_status(status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK);
+    // Goes on to queue setup without checking that FEATURES_OK stuck.
+    d.w16(common::QUEUE_SELECT, 0);
+    d.w16(common::QUEUE_SIZE, QSIZE);
+    d
+}
+
+fn bad_feature_before_driver() -> Device {
+    let d = start();
+    d.reset();
+    d.set_status(status::ACKNOWLEDGE);
+    // Accepts features before saying it has a driver (DRIVER).
+    d.set_driver_features(F_VERSION_1);
+    d
+}
+
+fn bad_msix_vector_not_read_back() -> Device {
+    let d = start();
+    d.init();
+    let mut vq = Vq::new(0, QSIZE);
+    d.setup_queue(&mut vq);
+    // Maps queue 0 to vector 0 and never reads it back to verify.
+    d.w16(common::QUEUE_SELECT, 0);
+    d.w16(common::QUEUE_MSIX_VECTOR, 0);
+    d.driver_ok();
+    d
+}
+
+fn bad_used_flags_not_zero() -> Device {
+    let d = start();
+    d.init();
+    let mut vq = Vq::new(0, QSIZE);
+    d.setup_queue(&mut vq);
+    // A used ring whose flags were never initialised to 0.
+    virtio::write16(vq.used, 1);
+    d.driver_ok();
+    d
+}
+
+fn bad_capability_write() -> Device {
+    let d = start();
+    d.init();
+    // The common-configuration capability's `offset` field (cap + 8).
+    let Some((cap, _)) = d
+        .slot
+        .capabilities()
+        .find(|&(off, id)| id == 0x09 && d.slot.read8(off + 3) == 1)
+    else {
+        fail("no common-configuration capability")
+    };
+    d.slot.write32(cap + 8, 0x100);
+    d
+}
+
+fn bad_avail_index_decrement() -> Device {
+    let (d, mut vq) = ready();
+    read_random(&d, &mut vq, 0);
+    read_random(&d, &mut vq, 1);
+    // Takes back an entry the device has already consumed.
+    vq.publish(1);
+    d.notify(&vq);
+    d
+}
+
+fn bad_avail_flags_invalid() -> Device {
+    let (d, mut vq) = ready();
+    // Bit 1 of avail.flags is not defined.
+    virtio::write16(vq.avail, 2);
+    vq.set_desc(0, buffer(0), RANDOM_BYTES as u32, DESC_WRITE, 0);
+    vq.offer(0);
+    d.notify(&vq);
+    d
+}
+
+fn bad_buffer_reused_in_flight() -> Device {
+    let (d, mut vq) = ready();
+    vq.set_desc(0, buffer(0), RANDOM_BYTES as u32, DESC_WRITE, 0);
+    // Head 0 made available twice before the device used it once.
+    vq.push(0);
+    vq.push(0);
+    vq.publish_pushed();
+    d.notify(&vq);
     d
 }
 

@@ -196,6 +196,15 @@ pub struct Core {
     /// A legacy driver accepted its features since the last reset: it
     /// negotiates before it places rings.
     features_written: bool,
+    /// Reads the driver still owes (modern, §3.1.1 and §4.1.4.3.2): the
+    /// status after a reset (must read 0 before re-initialising) and after
+    /// FEATURES_OK (must see that it stuck).
+    reset_unconfirmed: bool,
+    features_ok_unread: bool,
+    /// Vectors mapped but not read back yet (§4.1.5.1.2.2): the config
+    /// vector, and one flag per queue.
+    config_vector_unverified: bool,
+    queue_vectors_unverified: Vec<bool>,
     /// Which 32 feature bits DEVICE_FEATURE / DRIVER_FEATURE show
     /// (modern); a legacy driver sees bits 0..32 only.
     pub device_feature_select: u32,
@@ -203,6 +212,10 @@ pub struct Core {
     queue_select: u16,
     queues: Vec<QueueConfig>,
     running: Vec<Running>,
+    /// The device was activated since the last reset, and the handlers
+    /// it gave for queues that are not running yet.
+    activated: bool,
+    idle: Vec<Option<Box<dyn QueueHandler>>>,
 }
 
 impl Core {
@@ -228,11 +241,12 @@ impl Core {
                 vector: AtomicU16::new(NO_VECTOR),
             }),
         };
-        let queues = device
+        let queues: Vec<QueueConfig> = device
             .queue_max_sizes()
             .iter()
             .map(|&m| QueueConfig::new(m))
             .collect();
+        let nq = queues.len();
         Self {
             device,
             version,
@@ -248,11 +262,17 @@ impl Core {
             features_refused: false,
             driver_features: 0,
             features_written: false,
+            reset_unconfirmed: false,
+            features_ok_unread: false,
+            config_vector_unverified: false,
+            queue_vectors_unverified: vec![false; nq],
             device_feature_select: 0,
             driver_feature_select: 0,
             queue_select: 0,
             queues,
             running: Vec::new(),
+            activated: false,
+            idle: Vec::new(),
         }
     }
 
@@ -297,6 +317,17 @@ impl Core {
         }
     }
 
+    /// A driver read of the status: what it reads, and the reads it owed
+    /// (after a reset, after FEATURES_OK) are paid.
+    pub fn read_status(&mut self) -> u8 {
+        let s = self.status();
+        if s == 0 {
+            self.reset_unconfirmed = false;
+        }
+        self.features_ok_unread = false;
+        s
+    }
+
     fn driver_ok(&self) -> bool {
         self.status & status::DRIVER_OK != 0
     }
@@ -314,6 +345,11 @@ impl Core {
             return self.violate(rule, detail);
         }
         let added = new & !old;
+        if added & status::DRIVER_OK != 0
+            && (!self.owed_reads_paid("DRIVER_OK") || !self.vectors_verified())
+        {
+            return;
+        }
         self.status = new & !status::DEVICE_NEEDS_RESET;
         if added & status::FEATURES_OK != 0
             && self.version == Version::Modern
@@ -326,17 +362,43 @@ impl Core {
         }
     }
 
-    /// The status rules (§2.1.2, §3.1.1) for a write of `new` over `old`.
+    /// Whether the driver read the status where it had to before going on
+    /// to `step` (modern): reports the first read it skipped.
+    fn owed_reads_paid(&mut self, step: &str) -> bool {
+        if self.features_ok_unread {
+            self.features_ok_unread = false;
+            self.violate(
+                Rule::FeaturesOkNotReread,
+                format!("{step} without reading the status back after setting FEATURES_OK"),
+            );
+            return false;
+        }
+        true
+    }
+
+    /// The status rules (§2.1.1, §3.1.1, §4.1.4.3.2) for a write of `new`
+    /// over `old`.
     fn status_allowed(&self, old: u8, new: u8) -> Result<(), (Rule, String)> {
         let what = || format!("status {old:#04x} -> {new:#04x}");
         let added = new & !old;
+        if self.reset_unconfirmed && self.version == Version::Modern {
+            return Err((
+                Rule::ResetNotConfirmed,
+                format!(
+                    "{} before device_status read back 0 after the reset",
+                    what()
+                ),
+            ));
+        }
         if old & !new & !status::DEVICE_NEEDS_RESET != 0 {
             return Err((Rule::StatusClearedBit, what()));
         }
-        if old & status::FAILED != 0 {
+        // Writing the same status again re-initialises nothing.
+        if old & status::FAILED != 0 && added != 0 {
             return Err((Rule::StatusFailedThenMore, what()));
         }
-        if self.features_refused && added & status::DRIVER_OK != 0 {
+        // After a refusal the driver may only give up: FAILED, or a reset.
+        if self.features_refused && added & !status::FAILED != 0 {
             return Err((
                 Rule::FeaturesOkRefused,
                 format!("{} after FEATURES_OK was refused", what()),
@@ -387,6 +449,7 @@ impl Core {
         }
         self.status |= status::FEATURES_OK;
         self.features_refused = false;
+        self.features_ok_unread = true;
         log::debug!("{}: features negotiated: {accepted:#x}", self.label);
         true
     }
@@ -428,15 +491,38 @@ impl Core {
     /// are checked when they set FEATURES_OK; legacy ones, having no such
     /// step, here, and only offered bits are kept.
     pub fn write_driver_features(&mut self, select: u32, v: u32) {
-        let (locked, step) = match self.version {
-            Version::Modern => (self.status & status::FEATURES_OK != 0, "FEATURES_OK"),
-            Version::Legacy => (self.driver_ok(), "DRIVER_OK"),
-        };
-        if locked {
+        let what = format!("driver features[{select}] = {v:#x}");
+        if self.features_refused {
             return self.violate(
-                Rule::FeatureAfterFeaturesOk,
-                format!("driver features[{select}] = {v:#x} after {step}"),
+                Rule::FeaturesOkRefused,
+                format!("{what} after FEATURES_OK was refused"),
             );
+        }
+        if self.status & status::DRIVER == 0 {
+            let status = self.status;
+            return self.violate(
+                Rule::FeatureBeforeDriver,
+                format!("{what} with status {status:#04x}"),
+            );
+        }
+        let (locked, rule, step) = match self.version {
+            Version::Modern => (
+                self.status & status::FEATURES_OK != 0,
+                Rule::FeatureAfterFeaturesOk,
+                "FEATURES_OK",
+            ),
+            Version::Legacy => (
+                self.driver_ok(),
+                Rule::LegacyFeatureAfterDriverOk,
+                "DRIVER_OK",
+            ),
+        };
+        // Only new bits are forbidden; the same value again accepts nothing.
+        if locked && v != self.driver_features(select) {
+            return self.violate(rule, format!("{what} after {step}"));
+        }
+        if locked {
+            return;
         }
         let Some(shift) = select.checked_mul(32).filter(|&s| s < 64) else {
             if v != 0 {
@@ -504,8 +590,12 @@ impl Core {
         None
     }
 
-    /// Whether queue `q` may be (re)configured now; reports why not.
+    /// Whether queue `q` may be (re)configured now; reports why not (and
+    /// lets a mere warning through).
     fn may_set_up(&mut self, q: usize, what: &str) -> bool {
+        if self.version == Version::Modern && !self.owed_reads_paid(&format!("queue {q}: {what}")) {
+            return false;
+        }
         let failed = if self.driver_ok() {
             Some((Rule::QueueSetupAfterDriverOk, "after DRIVER_OK"))
         } else {
@@ -526,22 +616,35 @@ impl Core {
         match failed {
             Some((rule, when)) => {
                 self.violate(rule, format!("queue {q}: {what} {when}"));
-                false
+                !rule.level().is_fatal()
             }
             None => true,
         }
     }
 
-    /// A modern driver writes one field of the selected queue.
+    /// A modern driver writes one field of the selected queue. The MSI-X
+    /// vector may be (un)mapped at any time (§4.1.5.1.2.1: the device
+    /// supports it), so Linux's teardown after a reset, which writes
+    /// NO_VECTOR with the status at 0, is fine; rewriting queue_enable = 1
+    /// on an enabled queue changes nothing.
     pub fn write_queue(&mut self, field: QueueField, v: u32) {
         let what = format!("{field:?} = {v:#x}");
         let Some(q) = self.selected_for(&what) else {
             return;
         };
+        if field == QueueField::Vector {
+            let vector = self.checked_vector(v as u16);
+            self.queues[q].vector = vector;
+            self.queue_vectors_unverified[q] = vector != NO_VECTOR;
+            return;
+        }
+        if field == QueueField::Enable && v == 1 && self.queues[q].enabled {
+            return;
+        }
         if !self.may_set_up(q, &what) {
             return;
         }
-        if self.queues[q].enabled && field != QueueField::Vector {
+        if self.queues[q].enabled {
             return self.violate(
                 Rule::QueueSetupAfterDriverOk,
                 format!("queue {q} changed while enabled: {what}"),
@@ -559,7 +662,7 @@ impl Core {
                 }
                 r.size = size;
             }
-            QueueField::Vector => self.queues[q].vector = self.checked_vector(v as u16),
+            QueueField::Vector => {}
             QueueField::Enable => self.enable_queue(q, v),
             QueueField::Address { ring, high } => {
                 let addr = match ring {
@@ -669,7 +772,43 @@ impl Core {
 
     pub fn set_config_vector(&mut self, v: u16) {
         let v = self.checked_vector(v);
+        self.config_vector_unverified = v != NO_VECTOR;
         self.reporter.config.vector.store(v, Ordering::SeqCst);
+    }
+
+    /// A driver read of `msix_config`: the mapping is verified.
+    pub fn read_config_vector(&mut self) -> u16 {
+        self.config_vector_unverified = false;
+        self.config_vector()
+    }
+
+    /// A driver read of the selected queue's `queue_msix_vector`.
+    pub fn read_queue_vector(&mut self) -> Option<u16> {
+        let q = usize::from(self.queue_select);
+        let v = self.queues.get(q)?.vector;
+        self.queue_vectors_unverified[q] = false;
+        Some(v)
+    }
+
+    /// At DRIVER_OK: every vector mapped since the reset was read back
+    /// (§4.1.5.1.2.2). Reports the first that was not.
+    fn vectors_verified(&mut self) -> bool {
+        let unverified = if self.config_vector_unverified {
+            Some(format!("msix_config = {}", self.config_vector()))
+        } else {
+            let q = self.queue_vectors_unverified.iter().position(|&u| u);
+            q.map(|q| format!("queue {q}'s queue_msix_vector = {}", self.queues[q].vector))
+        };
+        match unverified {
+            Some(what) => {
+                self.violate(
+                    Rule::MsixVectorNotReadBack,
+                    format!("DRIVER_OK with {what} never read back"),
+                );
+                false
+            }
+            None => true,
+        }
     }
 
     fn checked_vector(&mut self, v: u16) -> u16 {
@@ -776,14 +915,19 @@ impl Core {
     // ---- notifications and workers ----
 
     /// A notification for queue `q` that KVM did not take (before
-    /// DRIVER_OK, or where the [`Doorbell`] could not be wired).
-    pub fn notify(&mut self, q: u16) {
+    /// DRIVER_OK, or where the [`Doorbell`] could not be wired); `base` is
+    /// where the register map's notifications land.
+    pub fn notify(&mut self, q: u16, base: u64) {
         if !self.driver_ok() {
             let status = self.status;
-            return self.violate(
-                Rule::NotifyBeforeDriverOk,
-                format!("notify for queue {q}, status {status:#04x}"),
-            );
+            let what = format!("notify for queue {q}, status {status:#04x}");
+            if self.version == Version::Modern {
+                return self.violate(Rule::NotifyBeforeDriverOk, what);
+            }
+            // A transitional device must let a legacy driver use its
+            // queues before DRIVER_OK (§3.1.2): run them now.
+            self.violate(Rule::LegacyNotifyBeforeDriverOk, what);
+            self.start_queues(base);
         }
         match self.running.iter().find(|r| r.index == q) {
             Some(r) => {
@@ -796,18 +940,46 @@ impl Core {
         }
     }
 
-    /// DRIVER_OK: one worker per enabled queue, then their notifications.
+    /// DRIVER_OK: the device starts work.
     fn activate(&mut self, notify_base: u64) {
+        self.start_queues(notify_base);
+        log::debug!(
+            "{}: DRIVER_OK, {} queue workers running",
+            self.label,
+            self.running.len()
+        );
+    }
+
+    /// One worker per enabled queue that has none yet, then notifications
+    /// for all of them. The device is activated once per reset, at
+    /// DRIVER_OK or at a legacy driver's first early notification; queues
+    /// enabled after that get their handler from `idle`.
+    fn start_queues(&mut self, notify_base: u64) {
         let Some(interrupt) = self.interrupt.clone() else {
             log::error!("{}: DRIVER_OK before interrupts were wired", self.label);
             return;
         };
-        let handlers = self.device.activate(self.driver_features);
-        for (q, handler) in handlers.into_iter().enumerate() {
+        if !self.activated {
+            self.activated = true;
+            self.idle = self
+                .device
+                .activate(self.driver_features)
+                .into_iter()
+                .map(Some)
+                .collect();
+        }
+        let before = self.running.len();
+        for q in 0..self.idle.len() {
             if !self.queues.get(q).is_some_and(|r| r.enabled) {
                 continue;
             }
-            let queue = match self.checked_queue(q, &self.queues[q]) {
+            let Some(handler) = self.idle[q].take() else {
+                continue;
+            };
+            let checked = self
+                .checked_queue(q, &self.queues[q])
+                .and_then(|queue| queue.check_fresh(&self.hooks.memory()).map(|()| queue));
+            let queue = match checked {
                 Ok(queue) => queue,
                 Err(v) => {
                     self.reporter.raise(v);
@@ -822,21 +994,20 @@ impl Core {
                 }
             }
         }
-        // Whatever started gets its notifications, even after an error.
-        let kicks: Vec<(u16, &EventFd)> = self.running.iter().map(|r| (r.index, &r.kick)).collect();
-        if !kicks.is_empty() {
-            let names = Names {
-                label: &self.label,
-                threads: &self.thread_prefix,
-            };
-            self.doorbell
-                .connect(self.hooks.as_ref(), names, notify_base, &kicks);
+        if self.running.len() == before {
+            return;
         }
-        log::debug!(
-            "{}: DRIVER_OK, {} queue workers running",
-            self.label,
-            self.running.len()
-        );
+        // Whatever started gets its notifications, even after an error.
+        if before > 0 {
+            self.doorbell.disconnect(self.hooks.as_ref(), &self.label);
+        }
+        let kicks: Vec<(u16, &EventFd)> = self.running.iter().map(|r| (r.index, &r.kick)).collect();
+        let names = Names {
+            label: &self.label,
+            threads: &self.thread_prefix,
+        };
+        self.doorbell
+            .connect(self.hooks.as_ref(), names, notify_base, &kicks);
     }
 
     fn start_worker(
@@ -879,12 +1050,18 @@ impl Core {
     /// Stops the workers and returns to the state after power-on.
     fn reset(&mut self) {
         self.stop_workers();
+        self.activated = false;
+        self.idle.clear();
         self.device.reset();
         self.status = 0;
         self.features_refused = false;
         self.reporter.needs_reset.store(false, Ordering::SeqCst);
         self.driver_features = 0;
         self.features_written = false;
+        self.reset_unconfirmed = true;
+        self.features_ok_unread = false;
+        self.config_vector_unverified = false;
+        self.queue_vectors_unverified.fill(false);
         self.device_feature_select = 0;
         self.driver_feature_select = 0;
         self.reporter

@@ -232,7 +232,7 @@ impl LegacyTransport {
                 .map_or(0, |q| (q.desc >> PFN_SHIFT) as u32),
             reg::QUEUE_NUM => q.map_or(0, |q| u32::from(q.max)),
             reg::QUEUE_SEL => u32::from(core.queue_select()),
-            reg::STATUS => u32::from(core.status()),
+            reg::STATUS => u32::from(self.core.read_status()),
             reg::ISR => u32::from(core.read_isr()),
             _ => 0,
         };
@@ -246,13 +246,10 @@ impl LegacyTransport {
         let v = u32::from_le_bytes(b);
         log::debug!("{}: write {name} = {v:#x}", self.label());
         match field {
-            reg::HOST_FEATURES | reg::QUEUE_NUM => self.core.violate(
-                Rule::ReadOnlyWrite,
+            reg::HOST_FEATURES | reg::QUEUE_NUM | reg::ISR => self.core.violate(
+                Rule::LegacyHeaderAccess,
                 format!("write of {v:#x} to read-only {name}"),
             ),
-            reg::ISR => self
-                .core
-                .violate(Rule::IsrWrite, format!("wrote {v:#04x} to ISR")),
             reg::GUEST_FEATURES => self.core.write_driver_features(0, v),
             reg::QUEUE_PFN => {
                 let max = self.core.queue().map_or(0, |q| q.max);
@@ -261,7 +258,10 @@ impl LegacyTransport {
                     .place_legacy_queue(rings, &format!("queue_pfn = {v:#x}"))
             }
             reg::QUEUE_SEL => self.core.select_queue(v as u16),
-            reg::QUEUE_NOTIFY => self.core.notify(v as u16),
+            reg::QUEUE_NOTIFY => {
+                let port = self.config.bar_address(0) + reg::QUEUE_NOTIFY;
+                self.core.notify(v as u16, port)
+            }
             reg::STATUS => {
                 let port = self.config.bar_address(0) + reg::QUEUE_NOTIFY;
                 self.core.write_status(v as u8, port)
@@ -282,7 +282,7 @@ impl LegacyTransport {
                 }
                 _ => {
                     self.core.violate(
-                        Rule::AccessWidth,
+                        Rule::LegacyHeaderAccess,
                         format!("{width}-byte {dir} at legacy header offset {offset}"),
                     );
                     Target::Refused

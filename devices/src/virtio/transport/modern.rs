@@ -121,6 +121,8 @@ pub struct ModernTransport {
     slot: u8,
     config: ConfigSpace,
     pci_cfg_cap: usize,
+    /// The virtio capabilities' byte ranges in config space.
+    vendor_caps: Vec<(usize, usize)>,
     /// Where the MSI-X capability sits in config space.
     msix_cap: usize,
     msix: Arc<Mutex<Msix>>,
@@ -194,25 +196,31 @@ impl ModernTransport {
             body
         };
         let none = |n: usize| vec![0u8; n];
+        let mut vendor_caps = Vec::new();
+        let mut add = |config: &mut ConfigSpace, body: &[u8], writable: &[u8]| {
+            let at = config.add_capability(VENDOR_CAP, body, writable);
+            vendor_caps.push((at, at + 2 + body.len()));
+            at
+        };
         let b = cap(CFG_COMMON, COMMON, COMMON_LEN, &[]);
-        config.add_capability(VENDOR_CAP, &b, &none(b.len()));
+        add(&mut config, &b, &none(b.len()));
         let b = cap(
             CFG_NOTIFY,
             NOTIFY,
             4 * nq.max(1) as u64,
             &NOTIFY_MULTIPLIER.to_le_bytes(),
         );
-        config.add_capability(VENDOR_CAP, &b, &none(b.len()));
+        add(&mut config, &b, &none(b.len()));
         let b = cap(CFG_ISR, ISR, 1, &[]);
-        config.add_capability(VENDOR_CAP, &b, &none(b.len()));
+        add(&mut config, &b, &none(b.len()));
         let b = cap(CFG_DEVICE, DEVICE_CFG, DEVICE_CFG_MAX, &[]);
-        config.add_capability(VENDOR_CAP, &b, &none(b.len()));
+        add(&mut config, &b, &none(b.len()));
         // VIRTIO_PCI_CAP_PCI_CFG: bar, offset, length and data are the driver's.
         let b = cap(CFG_PCI, 0, 0, &[0; 4]);
         let mut w = none(b.len());
         w[2] = 0xff; // bar
         w[6..18].fill(0xff); // offset, length, pci_cfg_data
-        let pci_cfg_cap = config.add_capability(VENDOR_CAP, &b, &w);
+        let pci_cfg_cap = add(&mut config, &b, &w);
         let mut mx = vec![0u8; 10];
         mx[0..2].copy_from_slice(&(vectors - 1).to_le_bytes());
         mx[2..6].copy_from_slice(&(MSIX_TABLE as u32).to_le_bytes());
@@ -234,6 +242,7 @@ impl ModernTransport {
             slot,
             config,
             pci_cfg_cap,
+            vendor_caps,
             msix_cap,
             msix: Arc::new(Mutex::new(Msix::new(vectors))),
         }
@@ -269,6 +278,19 @@ impl ModernTransport {
     }
 
     fn read_common(&mut self, field: u64, data: &mut [u8]) {
+        // The reads the driver owes the device (§3.1.1, §4.1.5.1.2.2).
+        match field {
+            common::DEVICE_STATUS => {
+                self.core.read_status();
+            }
+            common::MSIX_CONFIG => {
+                self.core.read_config_vector();
+            }
+            common::QUEUE_MSIX_VECTOR => {
+                self.core.read_queue_vector();
+            }
+            _ => {}
+        }
         let core = &self.core;
         let queue = core.queue().copied();
         let q = |get: fn(&QueueConfig) -> u64| queue.as_ref().map_or(0, get);
@@ -395,26 +417,67 @@ impl ModernTransport {
         }
     }
 
-    /// The PCI-configuration-access capability's window (§4.1.4.7).
-    fn pci_cfg_access(&mut self, data: &mut [u8], write: Option<&[u8]>) {
+    /// The VIRTIO_PCI_CAP_PCI_CFG window (1.2 §4.1.4.9): a driver access
+    /// to `pci_cfg_data` (at `at`, `len` bytes into it) becomes a BAR
+    /// access of `cap.length` bytes at `cap.offset`. The window's bytes
+    /// live in config space, so a narrower access reads or writes part of
+    /// them, as on hardware.
+    fn pci_cfg_access(&mut self, at: usize, data: &mut [u8], write: bool) {
         let cap = self.pci_cfg_cap;
+        let window = cap + 16;
+        if write {
+            self.config.write(at, data);
+        }
         let bar = self.config.u8(cap + 4);
         let offset = u64::from(self.config.u32(cap + 8));
-        let length = self.config.u32(cap + 12) as usize;
-        if bar != 0
-            || !matches!(length, 1 | 2 | 4)
-            || offset % length as u64 != 0
-            || data.len() < length
-        {
+        let length = self.config.u32(cap + 12);
+        let what = format!("pci_cfg_data with bar {bar}, offset {offset:#x}, length {length}");
+        if !matches!(length, 1 | 2 | 4) {
+            return self.violate(Rule::PciCfgLength, what);
+        }
+        let len = u64::from(length);
+        let notify_end = NOTIFY + u64::from(NOTIFY_MULTIPLIER) * u64::from(self.core.num_queues());
+        let inside = [
+            (COMMON, COMMON + COMMON_LEN),
+            (NOTIFY, notify_end),
+            (ISR, ISR + 1),
+            (DEVICE_CFG, DEVICE_CFG + DEVICE_CFG_MAX),
+        ]
+        .iter()
+        .any(|&(start, end)| offset >= start && offset + len <= end);
+        if bar != 0 || !offset.is_multiple_of(len) || !inside {
             return self.violate(
                 Rule::PciCfgAccess,
-                format!("bar {bar}, offset {offset:#x}, length {length}"),
+                format!("{what}: not an aligned range inside a virtio structure"),
             );
         }
-        match write {
-            Some(w) => self.bar_write(offset, &w[..length]),
-            None => self.bar_read(offset, &mut data[..length]),
+        let mut bytes = [0u8; 4];
+        let bytes = &mut bytes[..length as usize];
+        if write {
+            self.config.read(window, bytes);
+            self.bar_write(offset, bytes);
+        } else {
+            self.bar_read(offset, bytes);
+            let mut all = [0u8; 4];
+            all[..bytes.len()].copy_from_slice(bytes);
+            // The device stores what it read in pci_cfg_data (§4.1.4.9.1).
+            self.config.set_u32(window, u32::from_le_bytes(all));
+            self.config.read(at, data);
         }
+    }
+
+    /// Whether `offset..offset + len` of config space touches a virtio
+    /// capability outside the PCI_CFG window's driver fields (bar, offset,
+    /// length, data), which the driver must not write (§4.1.4.1).
+    fn touches_capability(&self, offset: usize, len: usize) -> bool {
+        let cfg = self.pci_cfg_cap;
+        let driver_fields = [(cfg + 4, cfg + 5), (cfg + 8, cfg + 20)];
+        (offset..offset + len).any(|o| {
+            self.vendor_caps
+                .iter()
+                .any(|&(start, end)| (start..end).contains(&o))
+                && !driver_fields.iter().any(|&(s, e)| (s..e).contains(&o))
+        })
     }
 }
 
@@ -422,7 +485,7 @@ impl PciFunction for ModernTransport {
     fn config_read(&mut self, offset: usize, data: &mut [u8]) {
         let window = self.pci_cfg_cap + 16;
         if (window..window + 4).contains(&offset) {
-            return self.pci_cfg_access(data, None);
+            return self.pci_cfg_access(offset, data, false);
         }
         self.config.read(offset, data);
         log::debug!("{}: config read {offset:#04x} = {data:02x?}", self.label());
@@ -431,10 +494,21 @@ impl PciFunction for ModernTransport {
     fn config_write(&mut self, offset: usize, data: &[u8]) {
         let window = self.pci_cfg_cap + 16;
         if (window..window + 4).contains(&offset) {
-            let mut scratch = [0u8; 4];
-            return self.pci_cfg_access(&mut scratch[..data.len()], Some(data));
+            let mut bytes = [0u8; 4];
+            let n = data.len().min(window + 4 - offset);
+            bytes[..n].copy_from_slice(&data[..n]);
+            return self.pci_cfg_access(offset, &mut bytes[..n], true);
         }
         log::debug!("{}: config write {offset:#04x} = {data:02x?}", self.label());
+        if self.touches_capability(offset, data.len()) {
+            return self.violate(
+                Rule::CapabilityWrite,
+                format!(
+                    "{}-byte write of {data:02x?} at config offset {offset:#x}",
+                    data.len()
+                ),
+            );
+        }
         self.config.write(offset, data);
         // The MSI-X message control word follows the capability header.
         let mx = self.msix_cap;
@@ -475,7 +549,10 @@ impl BarRegisters for ModernTransport {
             // With a worker running KVM takes these writes itself; one
             // that reaches us came before DRIVER_OK, names no queue, or
             // found no ioeventfd.
-            Target::Notify(q) => self.core.notify(u16::try_from(q).unwrap_or(u16::MAX)),
+            Target::Notify(q) => {
+                let base = self.config.bar_address(0) + NOTIFY;
+                self.core.notify(u16::try_from(q).unwrap_or(u16::MAX), base)
+            }
             Target::MsixTable(at) => {
                 let changes = lock(&self.msix).write_table(at, data);
                 self.apply(changes);

@@ -138,12 +138,12 @@ impl<T: BarRegisters> Regs for T {
 
 /// Reads every offset in `offsets` at widths 1, 2 and 4: a read at a
 /// register's own offset and width (`field` gives them for the register
-/// containing an offset) is accepted, any other is `AccessWidth` and
-/// reads 0.
+/// containing an offset) is accepted, any other is `rule` and reads 0.
 pub fn reads_need_exact_offset_and_width(
     t: &mut impl Regs,
     hooks: &FakeHooks,
     offsets: std::ops::Range<u64>,
+    rule: Rule,
     field: impl Fn(u64) -> Option<(u64, usize)>,
 ) {
     for off in offsets {
@@ -154,7 +154,7 @@ pub fn reads_need_exact_offset_and_width(
             if exact {
                 assert!(rules.is_empty(), "{width}-byte read at {off:#x}: {rules:?}");
             } else {
-                assert_eq!(rules, [Rule::AccessWidth], "{width}-byte read at {off:#x}");
+                assert_eq!(rules, [rule], "{width}-byte read at {off:#x}");
                 assert_eq!(v, 0, "{width}-byte read at {off:#x}");
             }
         }

@@ -107,6 +107,7 @@ impl Rig {
         if self.core.version == Version::Modern {
             self.core.write_driver_features(1, (features >> 32) as u32);
             self.status(SDF);
+            self.core.read_status();
         }
     }
 
@@ -141,6 +142,10 @@ impl Rig {
 
     fn take(&self) -> Vec<Rule> {
         self.hooks.take()
+    }
+
+    fn running_queues(&self) -> Vec<u16> {
+        self.core.running.iter().map(|q| q.index).collect()
     }
 }
 
@@ -207,6 +212,19 @@ fn modern_features_are_checked_at_features_ok() {
     r.core.write_driver_features(0, 0b100);
     r.status(SDF);
     assert_eq!(r.take(), [Rule::FeatureVersion1Missing]);
+    r.core.write_driver_features(0, 0b100);
+    assert_eq!(
+        r.take(),
+        [Rule::FeaturesOkRefused],
+        "no renegotiation without a reset"
+    );
+    r.status(SD | status::FAILED);
+    assert!(r.take().is_empty(), "giving up is allowed");
+
+    let mut r = rig(Version::Modern, 1, false);
+    r.core.write_driver_features(0, 0b100);
+    assert_eq!(r.take(), [Rule::FeatureBeforeDriver]);
+    r.status(SD);
     r.core.write_driver_features(5, 1);
     assert_eq!(
         r.take(),
@@ -244,7 +262,7 @@ fn legacy_features_are_checked_when_written() {
     assert!(r.take().is_empty());
     assert_eq!(r.log.lock().unwrap().activated, Some(0b001));
     r.core.write_driver_features(0, 0b101);
-    assert_eq!(r.take(), [Rule::FeatureAfterFeaturesOk]);
+    assert_eq!(r.take(), [Rule::LegacyFeatureAfterDriverOk]);
 }
 
 #[test]
@@ -291,8 +309,99 @@ fn modern_queue_setup_rules() {
     assert!(r.core.queue().is_none());
     r.core.select_queue(0);
     r.driver_ok();
+    assert_eq!(
+        r.take(),
+        [Rule::MsixVectorNotReadBack],
+        "vector 2 never read"
+    );
+    assert_eq!(r.core.read_queue_vector(), Some(2));
+    r.driver_ok();
+    assert!(r.take().is_empty());
+    // Remapping a vector and rewriting queue_enable = 1 stay allowed.
     r.core.write_queue(QueueField::Vector, 1);
+    r.core.write_queue(QueueField::Enable, 1);
+    assert!(r.take().is_empty());
+    r.core.write_queue(QueueField::Size, 16);
     assert_eq!(r.take(), [Rule::QueueSetupAfterDriverOk]);
+}
+
+/// The reads a modern driver owes (§3.1.1 step 6, §4.1.4.3.2) and the
+/// teardown Linux does after a reset.
+#[test]
+fn modern_reads_after_reset_and_features_ok() {
+    let mut r = rig(Version::Modern, 1, false);
+    r.status(SD);
+    r.core.write_driver_features(1, 1);
+    r.status(SDF);
+    r.core.select_queue(0);
+    r.core.write_queue(QueueField::Size, 16);
+    assert_eq!(r.take(), [Rule::FeaturesOkNotReread]);
+    r.core.read_status();
+    r.core.write_queue(QueueField::Size, 16);
+    assert!(r.take().is_empty());
+
+    let mut r = rig(Version::Modern, 1, false);
+    r.negotiate(feature::VERSION_1);
+    r.place(0);
+    r.driver_ok();
+    assert!(r.take().is_empty());
+    r.status(0);
+    // Linux's del_vqs after the reset: select, unmap the vector, read it.
+    r.core.select_queue(0);
+    r.core.write_queue(QueueField::Vector, u32::from(NO_VECTOR));
+    assert_eq!(r.core.read_queue_vector(), Some(NO_VECTOR));
+    assert!(r.take().is_empty(), "teardown after a reset is allowed");
+    r.status(S);
+    assert_eq!(r.take(), [Rule::ResetNotConfirmed]);
+    assert_eq!(r.core.read_status(), 0);
+    r.status(S);
+    assert!(r.take().is_empty());
+
+    // Identical rewrites are not changes.
+    let mut r = rig(Version::Modern, 1, false);
+    r.negotiate(feature::VERSION_1 | 0b100);
+    r.core.write_driver_features(0, 0b100);
+    assert!(r.take().is_empty());
+    r.status(SDF | status::FAILED);
+    r.status(SDF | status::FAILED);
+    assert!(r.take().is_empty());
+}
+
+/// A legacy driver may use a queue before DRIVER_OK (§3.1.2): the device
+/// warns and runs it; queues placed later start at DRIVER_OK.
+#[test]
+fn legacy_queues_may_run_before_driver_ok() {
+    let mut r = rig_in_slot(Version::Legacy, 2, false, 0x1e);
+    r.negotiate(0);
+    r.place(0);
+    r.core.notify(0, BASE);
+    assert_eq!(r.take(), [Rule::LegacyNotifyBeforeDriverOk]);
+    wait_for("queue 0's worker", || {
+        r.counts[0].load(Ordering::SeqCst) > 0
+    });
+    assert_eq!(r.log.lock().unwrap().activated, Some(0));
+    r.place(1);
+    r.driver_ok();
+    assert!(r.take().is_empty());
+    let bells = r.bells.lock().unwrap();
+    assert_eq!(bells.connected, [(BASE, vec![0]), (BASE, vec![0, 1])]);
+    assert_eq!(bells.disconnects, 1);
+}
+
+/// DRIVER_OK with a used ring whose flags the driver did not zero.
+#[test]
+fn used_flags_must_be_zero_at_driver_ok() {
+    let mut r = rig(Version::Modern, 1, false);
+    r.negotiate(feature::VERSION_1);
+    r.place(0);
+    use vm_memory::Bytes;
+    r.hooks
+        .mem
+        .write_obj(1u16, vm_memory::GuestAddress(RINGS.2))
+        .unwrap();
+    r.driver_ok();
+    assert_eq!(r.take(), [Rule::UsedFlagsNotZero]);
+    assert!(r.running_queues().is_empty());
 }
 
 #[test]
@@ -339,8 +448,13 @@ fn workers_run_the_enabled_queues_until_reset() {
     for v in BOTH {
         let mut r = rig_in_slot(v, 3, false, 0x1f);
         r.negotiate(feature::VERSION_1 & r.core.offered());
-        r.core.notify(0);
-        assert_eq!(r.take(), [Rule::NotifyBeforeDriverOk], "{v:?}");
+        r.core.notify(0, BASE);
+        let early = match v {
+            // A legacy driver may kick early: warned, and the device runs.
+            Version::Legacy => vec![Rule::LegacyNotifyBeforeDriverOk, Rule::NotifyBadQueue],
+            Version::Modern => vec![Rule::NotifyBeforeDriverOk],
+        };
+        assert_eq!(r.take(), early, "{v:?}");
         r.place(0);
         r.place(2);
         r.driver_ok();
@@ -354,7 +468,7 @@ fn workers_run_the_enabled_queues_until_reset() {
         wait_for("queue 2's worker", || {
             r.counts[2].load(Ordering::SeqCst) > 0
         });
-        r.core.notify(0);
+        r.core.notify(0, BASE);
         wait_for("queue 0's worker", || {
             r.counts[0].load(Ordering::SeqCst) > 0
         });
@@ -363,7 +477,7 @@ fn workers_run_the_enabled_queues_until_reset() {
             0,
             "{v:?}: queue 1 has no rings"
         );
-        r.core.notify(1);
+        r.core.notify(1, BASE);
         assert_eq!(r.take(), [Rule::NotifyBadQueue], "{v:?}");
 
         r.status(0);
@@ -377,6 +491,7 @@ fn workers_run_the_enabled_queues_until_reset() {
         assert!(!r.core.queue().unwrap().enabled);
         assert_eq!(r.core.config_vector(), NO_VECTOR);
         // After a reset the driver has to negotiate again first.
+        r.core.read_status();
         r.status(SD);
         r.place(0);
         let again = match v {

@@ -118,7 +118,7 @@ fn common_fields_need_their_own_offset_and_width() {
     let hooks = Arc::new(FakeHooks::new(false));
     let (dev, _, _) = fake(2);
     let mut t = place(Box::new(dev), &hooks);
-    reads_need_exact_offset_and_width(&mut t, &hooks, 0..COMMON_LEN, |off| {
+    reads_need_exact_offset_and_width(&mut t, &hooks, 0..COMMON_LEN, Rule::AccessWidth, |off| {
         common::field(off).map(|(s, w, _)| (s, w))
     });
     for ro in [
@@ -221,6 +221,7 @@ fn rng_request_through_modern_rings() {
         (feature::VERSION_1 >> 32) as u32,
     );
     common_w(&mut t, common::DEVICE_STATUS, SDF.into());
+    assert_eq!(common_r(&mut t, common::DEVICE_STATUS), u32::from(SDF));
     common_w(&mut t, common::QUEUE_SIZE, 16);
     for (i, a) in [desc, avail, used].into_iter().enumerate() {
         common_w(&mut t, 0x20 + 8 * i as u64, a as u32);
@@ -295,9 +296,28 @@ fn pci_cfg_window_reaches_bar0() {
     set(&mut t, common::NUM_QUEUES as u32, 2);
     assert_eq!(cfg(&mut t, cap + 16, 4) & 0xffff, 1);
     assert!(hooks.take().is_empty());
+    // A narrower read of pci_cfg_data reads part of it (§4.1.4.9.1).
+    set(&mut t, common::NUM_QUEUES as u32, 2);
+    assert_eq!(cfg(&mut t, cap + 16, 1), 1);
+    assert!(hooks.take().is_empty());
     set(&mut t, common::NUM_QUEUES as u32, 3);
     cfg(&mut t, cap + 16, 4);
     set(&mut t, 1, 2);
     cfg(&mut t, cap + 16, 4);
-    assert_eq!(hooks.take(), [Rule::PciCfgAccess, Rule::PciCfgAccess]);
+    set(&mut t, MSIX_TABLE as u32, 4);
+    cfg(&mut t, cap + 16, 4);
+    assert_eq!(
+        hooks.take(),
+        [Rule::PciCfgLength, Rule::PciCfgAccess, Rule::PciCfgAccess],
+        "length 3; misaligned; the MSI-X table is no virtio structure"
+    );
+    // The capabilities themselves are read-only to the driver (§4.1.4.1).
+    let common_cap = capabilities(&mut t)[0].0;
+    t.config_write(common_cap + 8, &[0x40]);
+    assert_eq!(hooks.take(), [Rule::CapabilityWrite]);
+    t.config_write(cap + 4, &[0]);
+    assert!(
+        hooks.take().is_empty(),
+        "the window's bar field is the driver's"
+    );
 }
