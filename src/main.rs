@@ -56,6 +56,13 @@ fn main() {
             std::process::exit(lifecycle::code::LAUNCHER_ERROR);
         }
     };
+    let events = match vm::EventLoop::new() {
+        Ok(e) => e,
+        Err(e) => {
+            eprintln!("launcher: cannot create the event loop: {e}");
+            std::process::exit(lifecycle::code::LAUNCHER_ERROR);
+        }
+    };
     lifecycle::spawn_signal_thread(signals, vm.control(), vm.vmmci());
     if let Some(v) = vm.vmmci() {
         lifecycle::spawn_clock_watch(v);
@@ -70,7 +77,7 @@ fn main() {
         }
     }
     terminal::make_raw();
-    let outcome = vm.run();
+    let outcome = vm.run(events);
     lifecycle::finish(outcome, &argv)
 }
 

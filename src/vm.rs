@@ -6,11 +6,15 @@
 //! create the in-kernel interrupt controllers and PIT; load the kernel,
 //! initrd and boot tables ([`loader`]); put the legacy devices on the
 //! port-I/O bus with their interrupts wired to irqfds; create and configure
-//! the vCPUs; start one thread per vCPU plus the stdin and signal threads;
-//! then wait for the first [`VmRequest`] that ends the run.
+//! the vCPUs; start one thread per vCPU plus the stdin thread; then run
+//! the host event loop ([`EventLoop`], on the calling thread) until the
+//! first [`VmRequest`] that ends the run.
+//!
+//! The event loop is rust-vmm's `event-manager`: one epoll, and for each
+//! kind of host event a subscriber; here [`FirstRequest`], which hears
+//! every [`VmControl::request`] through an eventfd and ends the loop.
 
 use std::os::fd::AsRawFd;
-use std::sync::mpsc::Receiver;
 use std::sync::{Arc, Mutex};
 
 use devices::legacy::{ports, Cmos, InputSink, PowerManagement, SerialPort, I8042};
@@ -23,7 +27,8 @@ use devices::virtio::rng::Rng;
 use devices::virtio::transport::legacy;
 use devices::virtio::vmmci::{self, Vmmci, VmmciControl, VmmciEvent};
 use devices::virtio::VirtioDevice;
-use devices::{Bus, VmControl, VmRequest};
+use devices::{Bus, Requests, VmControl, VmRequest};
+use event_manager::{EventManager, EventOps, EventSet, Events, MutEventSubscriber, SubscriberOps};
 use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, KVM_PIT_SPEAKER_DUMMY};
 use kvm_ioctls::{Cap, Kvm, VmFd};
 use loader::layout::MemoryLayout;
@@ -43,13 +48,17 @@ use crate::virtio::KvmHooks;
 /// below the BIOS area, inside the MMIO hole where no RAM or BAR lives.
 const KVM_TSS_ADDR: usize = 0xfffb_d000;
 
+/// The host event loop: every subscriber runs on the thread that calls
+/// [`Vm::run`], one event at a time.
+pub type EventLoop = EventManager<Arc<Mutex<dyn MutEventSubscriber + Send>>>;
+
 /// A machine ready to run: its threads start in [`Vm::run`].
 pub struct Vm {
     _kvm: Kvm,
     _vm: Arc<VmFd>,
     vcpus: Vec<Vcpu>,
     control: VmControl,
-    requests: Receiver<VmRequest>,
+    requests: Requests,
     serial: Arc<Mutex<SerialPort>>,
     serial_room: EventFd,
     console_input: Arc<InputQueue>,
@@ -119,7 +128,8 @@ impl Vm {
             boot.initrd
         );
 
-        let (control, requests) = VmControl::new();
+        let (control, requests) =
+            VmControl::new().map_err(Error::io("create the request channel's eventfd"))?;
         let mut pio = Bus::new();
         let irq = |gsi: u32| -> Result<EventFd> {
             let fd = EventFd::new(libc::EFD_NONBLOCK).map_err(Error::io("create an eventfd"))?;
@@ -265,9 +275,10 @@ impl Vm {
         })
     }
 
-    /// Starts the vCPU and stdin threads and returns the request that ended
-    /// the run.
-    pub fn run(self) -> VmRequest {
+    /// Starts the vCPU and stdin threads, adds the request subscriber to
+    /// `events` and runs the loop on this thread until a request ends the
+    /// run; returns that request.
+    pub fn run(self, mut events: EventLoop) -> VmRequest {
         for vcpu in self.vcpus {
             let name = format!("vcpu{}", vcpu.id);
             if let Err(e) = std::thread::Builder::new()
@@ -288,10 +299,22 @@ impl Vm {
             virtio: self.console_input,
         };
         terminal::spawn_input_thread(route, self.control.clone());
-        // Every thread holds a sender, so this only fails if all are gone.
-        self.requests.recv().unwrap_or(VmRequest::HostError {
-            message: "every vCPU thread ended without a reason".into(),
-        })
+        let first = Arc::new(Mutex::new(FirstRequest {
+            requests: self.requests,
+            first: None,
+        }));
+        events.add_subscriber(first.clone());
+        loop {
+            let taken = first.lock().unwrap_or_else(|e| e.into_inner()).first.take();
+            if let Some(req) = taken {
+                return req;
+            }
+            if let Err(e) = events.run() {
+                return VmRequest::HostError {
+                    message: format!("the event loop failed: {e}"),
+                };
+            }
+        }
     }
 
     /// The handle the signal thread sends through.
@@ -302,6 +325,36 @@ impl Vm {
     /// The vmmci device's host side, when the guest has one.
     pub fn vmmci(&self) -> Option<VmmciControl> {
         self.vmmci.clone()
+    }
+}
+
+/// The event loop's subscriber for [`VmControl::request`]: keeps the first
+/// request, which ends [`Vm::run`]; later ones (the run is ending) are
+/// logged and dropped.
+struct FirstRequest {
+    requests: Requests,
+    first: Option<VmRequest>,
+}
+
+impl MutEventSubscriber for FirstRequest {
+    fn process(&mut self, _events: Events, _ops: &mut EventOps) {
+        self.requests.clear();
+        while let Ok(req) = self.requests.try_recv() {
+            if self.first.is_none() {
+                self.first = Some(req);
+            } else {
+                log::debug!("ignored, the run is ending: {req:?}");
+            }
+        }
+    }
+
+    fn init(&mut self, ops: &mut EventOps) {
+        if let Err(e) = ops.add(Events::new(&self.requests, EventSet::IN)) {
+            // Nothing could end the run: fail it instead.
+            self.first = Some(VmRequest::HostError {
+                message: format!("cannot watch for requests: {e}"),
+            });
+        }
     }
 }
 
