@@ -1,18 +1,22 @@
 //! How a run ends: exit codes, signals, and reboot by re-exec.
 //!
-//! The main thread waits for the first [`VmRequest`] that ends the run
-//! (from a device, a vCPU, the terminal or a signal) and hands it to
-//! [`finish`]. A reboot is lguest's trick: rather than reset every device,
-//! the launcher executes itself again with its original arguments, so the
-//! second boot starts from exactly the state the first one did. Every
-//! descriptor above stderr is marked close-on-exec first and `execve`
+//! The main thread's event loop (`vm::Vm::run`) waits for the first
+//! [`VmRequest`] that ends the run (from a device, a vCPU, the terminal, the
+//! control socket or a signal) and hands it to [`finish`]. Signals arrive on
+//! that loop through a signalfd ([`Signals`]) and become requests through
+//! [`ask_guest`]. A reboot is lguest's trick: rather than reset every
+//! device, the launcher executes itself again with its original arguments,
+//! so the second boot starts from exactly the state the first one did.
+//! Every descriptor above stderr is marked close-on-exec first and `execve`
 //! ends every other thread, so nothing leaks from one boot to the next.
 
 use std::ffi::{CString, OsString};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 
 use devices::virtio::vmmci::{ClockWatch, Outcome, Request, VmmciControl};
 use devices::VmRequest;
+use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
 
 use crate::terminal;
 
@@ -44,20 +48,35 @@ pub fn boot_number() -> u32 {
         .unwrap_or(1)
 }
 
+/// The signals the launcher handles itself.
+const HANDLED: [libc::c_int; 4] = [libc::SIGTERM, libc::SIGINT, libc::SIGHUP, libc::SIGQUIT];
+
 /// Blocks the signals the launcher handles itself, in this thread and every
-/// thread spawned after it; [`spawn_signal_thread`] then receives them.
-/// Must run before any other thread exists.
-pub fn block_signals() -> libc::sigset_t {
-    // SAFETY: sigset_t is plain data; sigemptyset/sigaddset initialise it
-    // and pthread_sigmask only changes this thread's mask.
+/// thread spawned after it, and opens the signalfd that [`Signals`] reads
+/// them from. Must run before any other thread exists. If no signalfd can
+/// be made the signals are unblocked again: they then kill the launcher
+/// (the terminal stays raw), which beats ignoring them.
+pub fn block_signals() -> Option<OwnedFd> {
+    // SAFETY: sigset_t is plain data; sigemptyset/sigaddset initialise it,
+    // pthread_sigmask only changes this thread's mask and signalfd returns
+    // a new descriptor (or -1) that we take ownership of at once.
     unsafe {
         let mut set: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut set);
-        for s in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP, libc::SIGQUIT] {
+        for s in HANDLED {
             libc::sigaddset(&mut set, s);
         }
         libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
-        set
+        let fd = libc::signalfd(-1, &set, libc::SFD_NONBLOCK | libc::SFD_CLOEXEC);
+        if fd >= 0 {
+            return Some(OwnedFd::from_raw_fd(fd));
+        }
+        log::warn!(
+            "no signalfd ({}); signals will kill the launcher",
+            std::io::Error::last_os_error()
+        );
+        libc::pthread_sigmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut());
+        None
     }
 }
 
@@ -102,35 +121,59 @@ pub fn ask_guest(
     "done at once"
 }
 
-/// Turns handled signals into requests through [`ask_guest`]: SIGHUP
-/// reboots, the others shut down.
-pub fn spawn_signal_thread(
-    set: libc::sigset_t,
+/// The event loop's signal subscriber: turns handled signals into
+/// requests through [`ask_guest`]; SIGHUP reboots, the others shut down.
+pub struct Signals {
+    fd: OwnedFd,
     control: devices::VmControl,
     vmmci: Option<VmmciControl>,
-) {
-    std::thread::Builder::new()
-        .name("signals".into())
-        .spawn(move || loop {
-            let mut sig: libc::c_int = 0;
-            // SAFETY: `set` is an initialised sigset and `sig` a valid out pointer.
-            if unsafe { libc::sigwait(&set, &mut sig) } != 0 {
-                continue;
-            }
-            let ask = if sig == libc::SIGHUP {
-                HostAsk::Reboot
-            } else {
-                HostAsk::Shutdown { signal: sig }
-            };
-            let why = if sig == libc::SIGHUP {
-                "SIGHUP".to_string()
-            } else {
-                format!("signal {sig}")
-            };
-            ask_guest(ask, &why, &control, vmmci.as_ref());
-        })
-        .map(|_| ())
-        .unwrap_or_else(|e| log::warn!("no signal thread, signals will kill the launcher: {e}"));
+}
+
+impl Signals {
+    /// `fd` is the signalfd from [`block_signals`].
+    pub fn new(fd: OwnedFd, control: devices::VmControl, vmmci: Option<VmmciControl>) -> Self {
+        Self { fd, control, vmmci }
+    }
+
+    /// The next pending signal, if any (the signalfd is non-blocking).
+    fn next(&self) -> Option<libc::c_int> {
+        // SAFETY: signalfd_siginfo is plain data.
+        let mut info: libc::signalfd_siginfo = unsafe { std::mem::zeroed() };
+        let size = std::mem::size_of::<libc::signalfd_siginfo>();
+        // SAFETY: reads at most `size` bytes into `info`, which is `size`
+        // bytes long.
+        let n = unsafe {
+            libc::read(
+                self.fd.as_raw_fd(),
+                (&mut info as *mut libc::signalfd_siginfo).cast(),
+                size,
+            )
+        };
+        (n == size as isize).then_some(info.ssi_signo as libc::c_int)
+    }
+
+    fn handle(&self, sig: libc::c_int) {
+        let (ask, why) = if sig == libc::SIGHUP {
+            (HostAsk::Reboot, "SIGHUP".to_string())
+        } else {
+            (HostAsk::Shutdown { signal: sig }, format!("signal {sig}"))
+        };
+        ask_guest(ask, &why, &self.control, self.vmmci.as_ref());
+    }
+}
+
+impl MutEventSubscriber for Signals {
+    fn process(&mut self, _events: Events, _ops: &mut EventOps) {
+        while let Some(sig) = self.next() {
+            self.handle(sig);
+        }
+    }
+
+    fn init(&mut self, ops: &mut EventOps) {
+        if let Err(e) = ops.add(Events::new(&self.fd, EventSet::IN)) {
+            log::error!("cannot watch for signals ({e}); they stay blocked until the run ends");
+        }
+    }
 }
 
 /// Watches for host suspend/resume (the wall clock jumping against the

@@ -15,7 +15,10 @@ mod vcpu;
 mod virtio;
 mod vm;
 
+use std::sync::{Arc, Mutex};
+
 use clap::Parser;
+use event_manager::SubscriberOps;
 
 fn main() {
     let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
@@ -56,14 +59,17 @@ fn main() {
             std::process::exit(lifecycle::code::LAUNCHER_ERROR);
         }
     };
-    let events = match vm::EventLoop::new() {
+    let mut events = match vm::EventLoop::new() {
         Ok(e) => e,
         Err(e) => {
             eprintln!("launcher: cannot create the event loop: {e}");
             std::process::exit(lifecycle::code::LAUNCHER_ERROR);
         }
     };
-    lifecycle::spawn_signal_thread(signals, vm.control(), vm.vmmci());
+    if let Some(fd) = signals {
+        let s = lifecycle::Signals::new(fd, vm.control(), vm.vmmci());
+        events.add_subscriber(Arc::new(Mutex::new(s)));
+    }
     if let Some(v) = vm.vmmci() {
         lifecycle::spawn_clock_watch(v);
     }
