@@ -6,15 +6,17 @@
 //! create the in-kernel interrupt controllers and PIT; load the kernel,
 //! initrd and boot tables ([`loader`]); put the legacy devices on the
 //! port-I/O bus with their interrupts wired to irqfds; create and configure
-//! the vCPUs; start one thread per vCPU plus the stdin thread; then run
-//! the host event loop ([`EventLoop`], on the calling thread) until the
-//! first [`VmRequest`] that ends the run.
+//! the vCPUs; start one thread per vCPU; then run the host event loop
+//! ([`EventLoop`], on the calling thread) until the first [`VmRequest`]
+//! that ends the run.
 //!
 //! The event loop is rust-vmm's `event-manager`: one epoll, and for each
-//! kind of host event a subscriber; here [`FirstRequest`], which hears
-//! every [`VmControl::request`] through an eventfd and ends the loop.
+//! kind of host event a subscriber in the file of the thing it serves:
+//! signals (`lifecycle.rs`), stdin (`terminal.rs`), and here
+//! [`FirstRequest`], which hears every [`VmControl::request`] through an
+//! eventfd and ends the loop.
 
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, RawFd};
 use std::sync::{Arc, Mutex};
 
 use devices::legacy::{ports, Cmos, InputSink, PowerManagement, SerialPort, I8042};
@@ -275,9 +277,9 @@ impl Vm {
         })
     }
 
-    /// Starts the vCPU and stdin threads, adds the request subscriber to
-    /// `events` and runs the loop on this thread until a request ends the
-    /// run; returns that request.
+    /// Starts the vCPU threads, adds the VM's own subscribers (stdin,
+    /// requests) to `events` and runs the loop on this thread until a
+    /// request ends the run; returns that request.
     pub fn run(self, mut events: EventLoop) -> VmRequest {
         for vcpu in self.vcpus {
             let name = format!("vcpu{}", vcpu.id);
@@ -298,7 +300,10 @@ impl Vm {
             serial,
             virtio: self.console_input,
         };
-        terminal::spawn_input_thread(route, self.control.clone());
+        events.add_subscriber(Arc::new(Mutex::new(terminal::StdinInput::new(
+            route,
+            self.control.clone(),
+        ))));
         let first = Arc::new(Mutex::new(FirstRequest {
             requests: self.requests,
             first: None,
@@ -317,7 +322,7 @@ impl Vm {
         }
     }
 
-    /// The handle the signal thread sends through.
+    /// The handle host events (signals, the control socket) send through.
     pub fn control(&self) -> VmControl {
         self.control.clone()
     }
@@ -358,27 +363,11 @@ impl MutEventSubscriber for FirstRequest {
     }
 }
 
-/// Console input for the 8250: queue into its FIFO, wait on the eventfd the
-/// UART signals when the guest drained it.
+/// Console input for the 8250: its FIFO, and the eventfd the UART signals
+/// when the guest drained it.
 struct SerialInput {
     sink: InputSink,
     room: EventFd,
-}
-
-impl ConsoleInput for SerialInput {
-    fn push(&self, bytes: &[u8]) -> usize {
-        self.sink.push(bytes)
-    }
-    fn wait_for_room(&self) {
-        let mut pfd = libc::pollfd {
-            fd: self.room.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        // SAFETY: one valid pollfd for the duration of the call.
-        unsafe { libc::poll(&mut pfd, 1, 100) };
-        let _ = self.room.read();
-    }
 }
 
 /// vmd's host bridge (see docs/vmmci.md).
@@ -429,16 +418,16 @@ impl ConsoleInput for StdinRoute {
         if self.virtio.in_use() {
             self.virtio.push(bytes)
         } else {
-            self.serial.push(bytes)
+            self.serial.sink.push(bytes)
         }
     }
-    fn wait_for_room(&self) {
-        if self.virtio.in_use() {
-            // The guest is reading slowly; its buffer drains by itself.
-            std::thread::sleep(std::time::Duration::from_millis(10));
-        } else {
-            self.serial.wait_for_room()
-        }
+    fn room_fds(&self) -> Vec<RawFd> {
+        vec![self.serial.room.as_raw_fd(), self.virtio.room().as_raw_fd()]
+    }
+    fn clear_room(&self) {
+        // Non-blocking eventfds: reading one that is clear just fails.
+        let _ = self.serial.room.read();
+        let _ = self.virtio.room().read();
     }
 }
 
