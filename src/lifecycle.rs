@@ -13,6 +13,8 @@
 use std::ffi::{CString, OsString};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
+use std::path::PathBuf;
+use std::sync::Mutex;
 
 use devices::virtio::vmmci::{ClockWatch, Outcome, Request, VmmciControl};
 use devices::VmRequest;
@@ -176,6 +178,31 @@ impl MutEventSubscriber for Signals {
     }
 }
 
+static REMOVE_ON_EXIT: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+
+/// Has `path` removed on every way out of the launcher (the control socket).
+pub fn remove_on_exit(path: PathBuf) {
+    REMOVE_ON_EXIT
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .push(path);
+}
+
+/// Removes what [`remove_on_exit`] named; called on every way out (a
+/// reboot's re-exec too: the next boot creates them again), the panic hook
+/// included.
+pub fn cleanup() {
+    // try_lock: the panic hook may run while this thread holds the lock.
+    let paths = match REMOVE_ON_EXIT.try_lock() {
+        Ok(p) => p,
+        Err(std::sync::TryLockError::Poisoned(e)) => e.into_inner(),
+        Err(std::sync::TryLockError::WouldBlock) => return,
+    };
+    for p in paths.iter() {
+        let _ = std::fs::remove_file(p);
+    }
+}
+
 /// Watches for host suspend/resume (the wall clock jumping against the
 /// monotonic clock) and then asks the guest, through vmmci, to re-read its
 /// RTC, which shows host time (`devices::legacy::cmos`).
@@ -216,7 +243,7 @@ pub fn exit_code(req: &VmRequest) -> Option<i32> {
 /// Ends the process as `req` says: exit with its code, or re-exec.
 pub fn finish(req: VmRequest, argv: &[OsString]) -> ! {
     terminal::restore();
-    crate::control::cleanup();
+    cleanup();
     match &req {
         VmRequest::Poweroff => log::info!("guest powered off"),
         VmRequest::Reboot { reason } => {

@@ -41,7 +41,7 @@ fn main() {
         eprintln!("launcher: internal error (a bug, please report it): {info}");
         // A thread that died would leave the guest half-run (a vCPU gone,
         // the main thread waiting for ever): end the whole run instead.
-        control::cleanup();
+        lifecycle::cleanup();
         std::process::exit(lifecycle::code::LAUNCHER_ERROR);
     }));
 
@@ -75,7 +75,10 @@ fn main() {
     }
     if let Some(path) = &config.control {
         match control::bind(path) {
-            Ok(listener) => control::serve(listener, path.clone(), vm.control(), vm.vmmci()),
+            Ok(listener) => {
+                let server = control::ControlServer::new(listener, vm.control(), vm.vmmci());
+                events.add_subscriber(Arc::new(Mutex::new(server)));
+            }
             Err(e) => {
                 eprintln!("launcher: {e}");
                 std::process::exit(lifecycle::code::LAUNCHER_ERROR);

@@ -12,9 +12,9 @@
 //!
 //! The event loop is rust-vmm's `event-manager`: one epoll, and for each
 //! kind of host event a subscriber in the file of the thing it serves:
-//! signals (`lifecycle.rs`), stdin (`terminal.rs`), and here
-//! [`FirstRequest`], which hears every [`VmControl::request`] through an
-//! eventfd and ends the loop.
+//! signals (`lifecycle.rs`), stdin (`terminal.rs`), the control socket
+//! (`control.rs`), and here [`FirstRequest`], which hears every
+//! [`VmControl::request`] through an eventfd and ends the loop.
 
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::{Arc, Mutex};
