@@ -16,7 +16,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
 use std::sync::Mutex;
 
-use devices::virtio::vmmci::{ClockWatch, Outcome, Request, VmmciControl};
+use devices::virtio::vmmci::{Outcome, Request, VmmciControl};
 use devices::VmRequest;
 use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
 
@@ -200,30 +200,6 @@ pub fn cleanup() {
     };
     for p in paths.iter() {
         let _ = std::fs::remove_file(p);
-    }
-}
-
-/// Watches for host suspend/resume (the wall clock jumping against the
-/// monotonic clock) and then asks the guest, through vmmci, to re-read its
-/// RTC, which shows host time (`devices::legacy::cmos`).
-pub fn spawn_clock_watch(vmmci: VmmciControl) {
-    let spawned = std::thread::Builder::new()
-        .name("clock-watch".into())
-        .spawn(move || {
-            let mut watch = ClockWatch::new();
-            loop {
-                std::thread::sleep(std::time::Duration::from_secs(1));
-                if watch.jumped() {
-                    let sent = vmmci.sync_rtc();
-                    log::debug!(
-                        "host clock jumped; SYNCRTC {}",
-                        if sent { "sent" } else { "not sent (no driver)" }
-                    );
-                }
-            }
-        });
-    if let Err(e) = spawned {
-        log::warn!("no clock watch thread: {e}");
     }
 }
 

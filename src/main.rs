@@ -70,9 +70,6 @@ fn main() {
         let s = lifecycle::Signals::new(fd, vm.control(), vm.vmmci());
         events.add_subscriber(Arc::new(Mutex::new(s)));
     }
-    if let Some(v) = vm.vmmci() {
-        lifecycle::spawn_clock_watch(v);
-    }
     if let Some(path) = &config.control {
         match control::bind(path) {
             Ok(listener) => {

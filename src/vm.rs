@@ -13,8 +13,9 @@
 //! The event loop is rust-vmm's `event-manager`: one epoll, and for each
 //! kind of host event a subscriber in the file of the thing it serves:
 //! signals (`lifecycle.rs`), stdin (`terminal.rs`), the control socket
-//! (`control.rs`), and here [`FirstRequest`], which hears every
-//! [`VmControl::request`] through an eventfd and ends the loop.
+//! (`control.rs`), vmmci's clock watch (`devices/src/virtio/vmmci/host.rs`),
+//! and here [`FirstRequest`], which hears every [`VmControl::request`]
+//! through an eventfd and ends the loop.
 
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::{Arc, Mutex};
@@ -27,7 +28,7 @@ use devices::virtio::net::tap::Tap;
 use devices::virtio::net::{format_mac, Net};
 use devices::virtio::rng::Rng;
 use devices::virtio::transport::legacy;
-use devices::virtio::vmmci::{self, Vmmci, VmmciControl, VmmciEvent};
+use devices::virtio::vmmci::{self, ClockWatcher, Vmmci, VmmciControl, VmmciEvent};
 use devices::virtio::VirtioDevice;
 use devices::{Bus, Requests, VmControl, VmRequest};
 use event_manager::{EventManager, EventOps, EventSet, Events, MutEventSubscriber, SubscriberOps};
@@ -278,8 +279,8 @@ impl Vm {
     }
 
     /// Starts the vCPU threads, adds the VM's own subscribers (stdin,
-    /// requests) to `events` and runs the loop on this thread until a
-    /// request ends the run; returns that request.
+    /// vmmci, requests) to `events` and runs the loop on this thread until
+    /// a request ends the run; returns that request.
     pub fn run(self, mut events: EventLoop) -> VmRequest {
         for vcpu in self.vcpus {
             let name = format!("vcpu{}", vcpu.id);
@@ -304,6 +305,14 @@ impl Vm {
             route,
             self.control.clone(),
         ))));
+        if let Some(v) = &self.vmmci {
+            match ClockWatcher::new(v.clone()) {
+                Ok(w) => {
+                    events.add_subscriber(Arc::new(Mutex::new(w)));
+                }
+                Err(e) => log::warn!("no clock watch (host suspends go unnoticed): {e}"),
+            }
+        }
         let first = Arc::new(Mutex::new(FirstRequest {
             requests: self.requests,
             first: None,

@@ -16,8 +16,9 @@
 //!   command) calls [`VmmciControl::request`]; the command goes to the
 //!   guest with a configuration-change interrupt, and the timers below end
 //!   the VM through the launcher's [`EventSink`] if the guest does not.
-//! * Clock sync after a host suspend: [`VmmciControl::sync_rtc`] (use
-//!   [`ClockWatch`] to notice the jump) asks the guest to re-read its RTC.
+//! * Clock sync after a host suspend: [`VmmciControl::sync_rtc`]
+//!   ([`ClockWatcher`] ticks [`ClockWatch`] to notice the jump) asks the
+//!   guest to re-read its RTC.
 //! * The guest reads the host clock (OpenBSD every 15 s, Linux every 20 s).
 //!
 //! The Linux driver never reads ISR and acts on every interrupt, so the
@@ -487,6 +488,10 @@ impl Default for ClockWatch {
         Self::new()
     }
 }
+
+mod host;
+
+pub use host::ClockWatcher;
 
 #[cfg(test)]
 mod tests;
