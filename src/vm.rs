@@ -13,9 +13,9 @@
 //! The event loop is rust-vmm's `event-manager`: one epoll, and for each
 //! kind of host event a subscriber in the file of the thing it serves:
 //! signals (`lifecycle.rs`), stdin (`terminal.rs`), the control socket
-//! (`control.rs`), vmmci's clock watch (`devices/src/virtio/vmmci/host.rs`),
-//! and here [`FirstRequest`], which hears every [`VmControl::request`]
-//! through an eventfd and ends the loop.
+//! (`control.rs`), vmmci's timeouts and clock watch
+//! (`devices/src/virtio/vmmci/host.rs`), and here [`FirstRequest`], which
+//! hears every [`VmControl::request`] through an eventfd and ends the loop.
 
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::{Arc, Mutex};
@@ -226,7 +226,8 @@ impl Vm {
                         reason: "vmmci".into(),
                     },
                 })
-            }));
+            }))
+            .map_err(Error::io("create vmmci's timer"))?;
             // vmmci is always last, as in vmd.
             let t = Transport::Legacy(Some((vmmci::IDENTITY, vmmci::BAR_SIZE)));
             pci.add(Box::new(device), t, &mut mmio, &mut pio)?;
@@ -306,6 +307,7 @@ impl Vm {
             self.control.clone(),
         ))));
         if let Some(v) = &self.vmmci {
+            events.add_subscriber(Arc::new(Mutex::new(v.timer())));
             match ClockWatcher::new(v.clone()) {
                 Ok(w) => {
                     events.add_subscriber(Arc::new(Mutex::new(w)));

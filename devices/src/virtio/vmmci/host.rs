@@ -1,25 +1,30 @@
 //! vmmci's host-side event sources, as subscribers of the launcher's
 //! event loop (rust-vmm `event-manager`, on the launcher's main thread):
 //!
+//! * [`VmmciTimer`] watches the device's one timerfd and, when vmd's short
+//!   or long timeout runs out, hands [`VmmciEvent`] to the device's
+//!   [`EventSink`](super::EventSink) (which asks the VM to stop or reboot).
 //! * [`ClockWatcher`] ticks once a second, asks [`ClockWatch`] whether the
 //!   host was suspended, and if so sends SYNCRTC through
 //!   [`VmmciControl::sync_rtc`].
 //!
-//! Its timerfd is non-blocking, so a stray read cannot stall the loop.
+//! Both timerfds are non-blocking, so a read after a re-arm that cleared
+//! the expiry cannot stall the loop.
 
-use std::os::fd::AsRawFd;
-use std::time::Duration;
+use std::os::fd::{AsRawFd, RawFd};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
 use vmm_sys_util::timerfd::TimerFd;
 
-use super::{ClockWatch, VmmciControl};
+use super::{ClockWatch, Shared, VmmciControl, VmmciEvent};
 
 /// How often [`ClockWatcher`] compares the clocks.
 pub const CLOCK_WATCH_PERIOD: Duration = Duration::from_secs(1);
 
 /// A CLOCK_MONOTONIC timerfd whose reads never block.
-fn nonblocking_timer() -> std::io::Result<TimerFd> {
+pub(super) fn nonblocking_timer() -> std::io::Result<TimerFd> {
     let timer = TimerFd::new().map_err(std::io::Error::from)?;
     // SAFETY: F_GETFL/F_SETFL on a descriptor we own change only its
     // status flags.
@@ -39,8 +44,42 @@ fn nonblocking_timer() -> std::io::Result<TimerFd> {
 }
 
 /// Reads (and so clears) the expiry count; 0 when none is pending.
-fn drain(timer: &mut TimerFd) -> u64 {
+pub(super) fn drain(timer: &mut TimerFd) -> u64 {
     timer.wait().unwrap_or(0)
+}
+
+/// Ends the VM when vmmci's pending timeout runs out; see
+/// [`VmmciControl::timer`].
+pub struct VmmciTimer {
+    shared: Arc<Shared>,
+}
+
+impl VmmciTimer {
+    pub(super) fn new(shared: Arc<Shared>) -> Self {
+        Self { shared }
+    }
+
+    /// What the event loop does on expiry, for a given `now`: fires the
+    /// event sink if the deadline passed and returns what it fired.
+    pub fn expire_at(&self, now: Instant) -> Option<VmmciEvent> {
+        self.shared.expire(now)
+    }
+
+    fn fd(&self) -> RawFd {
+        super::lock(&self.shared.state).timer.as_raw_fd()
+    }
+}
+
+impl MutEventSubscriber for VmmciTimer {
+    fn process(&mut self, _events: Events, _ops: &mut EventOps) {
+        self.expire_at(Instant::now());
+    }
+
+    fn init(&mut self, ops: &mut EventOps) {
+        if let Err(e) = ops.add(Events::new_raw(self.fd(), EventSet::IN)) {
+            log::error!("vmmci: cannot watch the timer, timeouts will not fire: {e}");
+        }
+    }
 }
 
 /// Notices a host suspend/resume once a second and asks the guest to
