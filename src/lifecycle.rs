@@ -256,6 +256,25 @@ fn mark_cloexec_one_by_one() {
     }
 }
 
+/// `KEY=value` strings for the next boot: this process's environment with
+/// [`BOOT_COUNT_VAR`] set to `boot`. Built here rather than with
+/// `std::env::set_var`, which is unsound while other threads (vCPUs) run.
+fn next_environment(boot: u32) -> Vec<CString> {
+    let mut env: Vec<CString> = std::env::vars_os()
+        .filter(|(k, _)| k.as_bytes() != BOOT_COUNT_VAR.as_bytes())
+        .filter_map(|(k, v)| {
+            let mut kv = k.as_bytes().to_vec();
+            kv.push(b'=');
+            kv.extend_from_slice(v.as_bytes());
+            CString::new(kv).ok()
+        })
+        .collect();
+    if let Ok(var) = CString::new(format!("{BOOT_COUNT_VAR}={boot}")) {
+        env.push(var);
+    }
+    env
+}
+
 /// Executes the launcher again with `argv`; returns only on failure.
 fn reexec(argv: &[OsString], boot: u32) -> std::io::Error {
     let args: Vec<CString> = match argv
@@ -268,9 +287,12 @@ fn reexec(argv: &[OsString], boot: u32) -> std::io::Error {
     };
     let mut ptrs: Vec<*const libc::c_char> = args.iter().map(|a| a.as_ptr()).collect();
     ptrs.push(std::ptr::null());
-    std::env::set_var(BOOT_COUNT_VAR, boot.to_string());
+    let env = next_environment(boot);
+    let mut envp: Vec<*const libc::c_char> = env.iter().map(|a| a.as_ptr()).collect();
+    envp.push(std::ptr::null());
     // SAFETY: close_range only flags descriptors; sigprocmask restores the
-    // mask we changed; execv gets NUL-terminated strings that outlive the call.
+    // mask we changed; execve/execvpe get NULL-terminated arrays of
+    // NUL-terminated strings that outlive the calls.
     unsafe {
         if libc::syscall(
             libc::SYS_close_range,
@@ -284,9 +306,9 @@ fn reexec(argv: &[OsString], boot: u32) -> std::io::Error {
         let mut empty: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut empty);
         libc::pthread_sigmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
-        libc::execv(c"/proc/self/exe".as_ptr(), ptrs.as_ptr());
+        libc::execve(c"/proc/self/exe".as_ptr(), ptrs.as_ptr(), envp.as_ptr());
         // /proc may be missing (chroot): fall back to the name we were run as.
-        libc::execvp(ptrs[0], ptrs.as_ptr());
+        libc::execvpe(ptrs[0], ptrs.as_ptr(), envp.as_ptr());
     }
     std::io::Error::last_os_error()
 }
@@ -322,5 +344,23 @@ mod tests {
             }),
             None
         );
+    }
+
+    #[test]
+    fn the_next_boot_gets_its_number_once() {
+        let env = next_environment(7);
+        let counts: Vec<_> = env
+            .iter()
+            .filter(|kv| {
+                kv.as_bytes()
+                    .starts_with(format!("{BOOT_COUNT_VAR}=").as_bytes())
+            })
+            .collect();
+        assert_eq!(counts.len(), 1);
+        assert_eq!(
+            counts[0].as_bytes(),
+            format!("{BOOT_COUNT_VAR}=7").as_bytes()
+        );
+        assert!(env.len() > 1, "the rest of the environment is kept");
     }
 }
