@@ -1,8 +1,10 @@
 //! `launcher`: run a Linux guest on KVM from one small, readable process.
 //!
 //! `main` parses the command line ([`cli`]), builds the machine ([`vm`]),
-//! runs it, and ends the process as the guest's last request says
-//! ([`lifecycle`]): exit with a documented code, or re-exec to reboot.
+//! runs it with the host event loop on this thread (signals, the control
+//! socket, stdin, timers), and ends the process as the guest's last
+//! request says ([`lifecycle`]): exit with a documented code, or re-exec
+//! to reboot.
 
 mod cli;
 mod control;
