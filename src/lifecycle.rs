@@ -1,18 +1,24 @@
 //! How a run ends: exit codes, signals, and reboot by re-exec.
 //!
-//! The main thread waits for the first [`VmRequest`] that ends the run
-//! (from a device, a vCPU, the terminal or a signal) and hands it to
-//! [`finish`]. A reboot is lguest's trick: rather than reset every device,
-//! the launcher executes itself again with its original arguments, so the
-//! second boot starts from exactly the state the first one did. Every
-//! descriptor above stderr is marked close-on-exec first and `execve`
+//! The main thread's event loop (`vm::Vm::run`) waits for the first
+//! [`VmRequest`] that ends the run (from a device, a vCPU, the terminal, the
+//! control socket or a signal) and hands it to [`finish`]. Signals arrive on
+//! that loop through a signalfd ([`Signals`]) and become requests through
+//! [`ask_guest`]. A reboot is lguest's trick: rather than reset every
+//! device, the launcher executes itself again with its original arguments,
+//! so the second boot starts from exactly the state the first one did.
+//! Every descriptor above stderr is marked close-on-exec first and `execve`
 //! ends every other thread, so nothing leaks from one boot to the next.
 
 use std::ffi::{CString, OsString};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
+use std::path::PathBuf;
+use std::sync::Mutex;
 
-use devices::virtio::vmmci::{ClockWatch, Outcome, Request, VmmciControl};
+use devices::virtio::vmmci::{Outcome, Request, VmmciControl};
 use devices::VmRequest;
+use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
 
 use crate::terminal;
 
@@ -44,20 +50,35 @@ pub fn boot_number() -> u32 {
         .unwrap_or(1)
 }
 
+/// The signals the launcher handles itself.
+const HANDLED: [libc::c_int; 4] = [libc::SIGTERM, libc::SIGINT, libc::SIGHUP, libc::SIGQUIT];
+
 /// Blocks the signals the launcher handles itself, in this thread and every
-/// thread spawned after it; [`spawn_signal_thread`] then receives them.
-/// Must run before any other thread exists.
-pub fn block_signals() -> libc::sigset_t {
-    // SAFETY: sigset_t is plain data; sigemptyset/sigaddset initialise it
-    // and pthread_sigmask only changes this thread's mask.
+/// thread spawned after it, and opens the signalfd that [`Signals`] reads
+/// them from. Must run before any other thread exists. If no signalfd can
+/// be made the signals are unblocked again: they then kill the launcher
+/// (the terminal stays raw), which beats ignoring them.
+pub fn block_signals() -> Option<OwnedFd> {
+    // SAFETY: sigset_t is plain data; sigemptyset/sigaddset initialise it,
+    // pthread_sigmask only changes this thread's mask and signalfd returns
+    // a new descriptor (or -1) that we take ownership of at once.
     unsafe {
         let mut set: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut set);
-        for s in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP, libc::SIGQUIT] {
+        for s in HANDLED {
             libc::sigaddset(&mut set, s);
         }
         libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
-        set
+        let fd = libc::signalfd(-1, &set, libc::SFD_NONBLOCK | libc::SFD_CLOEXEC);
+        if fd >= 0 {
+            return Some(OwnedFd::from_raw_fd(fd));
+        }
+        log::warn!(
+            "no signalfd ({}); signals will kill the launcher",
+            std::io::Error::last_os_error()
+        );
+        libc::pthread_sigmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut());
+        None
     }
 }
 
@@ -102,58 +123,83 @@ pub fn ask_guest(
     "done at once"
 }
 
-/// Turns handled signals into requests through [`ask_guest`]: SIGHUP
-/// reboots, the others shut down.
-pub fn spawn_signal_thread(
-    set: libc::sigset_t,
+/// The event loop's signal subscriber: turns handled signals into
+/// requests through [`ask_guest`]; SIGHUP reboots, the others shut down.
+pub struct Signals {
+    fd: OwnedFd,
     control: devices::VmControl,
     vmmci: Option<VmmciControl>,
-) {
-    std::thread::Builder::new()
-        .name("signals".into())
-        .spawn(move || loop {
-            let mut sig: libc::c_int = 0;
-            // SAFETY: `set` is an initialised sigset and `sig` a valid out pointer.
-            if unsafe { libc::sigwait(&set, &mut sig) } != 0 {
-                continue;
-            }
-            let ask = if sig == libc::SIGHUP {
-                HostAsk::Reboot
-            } else {
-                HostAsk::Shutdown { signal: sig }
-            };
-            let why = if sig == libc::SIGHUP {
-                "SIGHUP".to_string()
-            } else {
-                format!("signal {sig}")
-            };
-            ask_guest(ask, &why, &control, vmmci.as_ref());
-        })
-        .map(|_| ())
-        .unwrap_or_else(|e| log::warn!("no signal thread, signals will kill the launcher: {e}"));
 }
 
-/// Watches for host suspend/resume (the wall clock jumping against the
-/// monotonic clock) and then asks the guest, through vmmci, to re-read its
-/// RTC, which shows host time (`devices::legacy::cmos`).
-pub fn spawn_clock_watch(vmmci: VmmciControl) {
-    let spawned = std::thread::Builder::new()
-        .name("clock-watch".into())
-        .spawn(move || {
-            let mut watch = ClockWatch::new();
-            loop {
-                std::thread::sleep(std::time::Duration::from_secs(1));
-                if watch.jumped() {
-                    let sent = vmmci.sync_rtc();
-                    log::debug!(
-                        "host clock jumped; SYNCRTC {}",
-                        if sent { "sent" } else { "not sent (no driver)" }
-                    );
-                }
-            }
-        });
-    if let Err(e) = spawned {
-        log::warn!("no clock watch thread: {e}");
+impl Signals {
+    /// `fd` is the signalfd from [`block_signals`].
+    pub fn new(fd: OwnedFd, control: devices::VmControl, vmmci: Option<VmmciControl>) -> Self {
+        Self { fd, control, vmmci }
+    }
+
+    /// The next pending signal, if any (the signalfd is non-blocking).
+    fn next(&self) -> Option<libc::c_int> {
+        // SAFETY: signalfd_siginfo is plain data.
+        let mut info: libc::signalfd_siginfo = unsafe { std::mem::zeroed() };
+        let size = std::mem::size_of::<libc::signalfd_siginfo>();
+        // SAFETY: reads at most `size` bytes into `info`, which is `size`
+        // bytes long.
+        let n = unsafe {
+            libc::read(
+                self.fd.as_raw_fd(),
+                (&mut info as *mut libc::signalfd_siginfo).cast(),
+                size,
+            )
+        };
+        (n == size as isize).then_some(info.ssi_signo as libc::c_int)
+    }
+
+    fn handle(&self, sig: libc::c_int) {
+        let (ask, why) = if sig == libc::SIGHUP {
+            (HostAsk::Reboot, "SIGHUP".to_string())
+        } else {
+            (HostAsk::Shutdown { signal: sig }, format!("signal {sig}"))
+        };
+        ask_guest(ask, &why, &self.control, self.vmmci.as_ref());
+    }
+}
+
+impl MutEventSubscriber for Signals {
+    fn process(&mut self, _events: Events, _ops: &mut EventOps) {
+        while let Some(sig) = self.next() {
+            self.handle(sig);
+        }
+    }
+
+    fn init(&mut self, ops: &mut EventOps) {
+        if let Err(e) = ops.add(Events::new(&self.fd, EventSet::IN)) {
+            log::error!("cannot watch for signals ({e}); they stay blocked until the run ends");
+        }
+    }
+}
+
+static REMOVE_ON_EXIT: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+
+/// Has `path` removed on every way out of the launcher (the control socket).
+pub fn remove_on_exit(path: PathBuf) {
+    REMOVE_ON_EXIT
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .push(path);
+}
+
+/// Removes what [`remove_on_exit`] named; called on every way out (a
+/// reboot's re-exec too: the next boot creates them again), the panic hook
+/// included.
+pub fn cleanup() {
+    // try_lock: the panic hook may run while this thread holds the lock.
+    let paths = match REMOVE_ON_EXIT.try_lock() {
+        Ok(p) => p,
+        Err(std::sync::TryLockError::Poisoned(e)) => e.into_inner(),
+        Err(std::sync::TryLockError::WouldBlock) => return,
+    };
+    for p in paths.iter() {
+        let _ = std::fs::remove_file(p);
     }
 }
 
@@ -173,7 +219,7 @@ pub fn exit_code(req: &VmRequest) -> Option<i32> {
 /// Ends the process as `req` says: exit with its code, or re-exec.
 pub fn finish(req: VmRequest, argv: &[OsString]) -> ! {
     terminal::restore();
-    crate::control::cleanup();
+    cleanup();
     match &req {
         VmRequest::Poweroff => log::info!("guest powered off"),
         VmRequest::Reboot { reason } => {
@@ -210,6 +256,25 @@ fn mark_cloexec_one_by_one() {
     }
 }
 
+/// `KEY=value` strings for the next boot: this process's environment with
+/// [`BOOT_COUNT_VAR`] set to `boot`. Built here rather than with
+/// `std::env::set_var`, which is unsound while other threads (vCPUs) run.
+fn next_environment(boot: u32) -> Vec<CString> {
+    let mut env: Vec<CString> = std::env::vars_os()
+        .filter(|(k, _)| k.as_bytes() != BOOT_COUNT_VAR.as_bytes())
+        .filter_map(|(k, v)| {
+            let mut kv = k.as_bytes().to_vec();
+            kv.push(b'=');
+            kv.extend_from_slice(v.as_bytes());
+            CString::new(kv).ok()
+        })
+        .collect();
+    if let Ok(var) = CString::new(format!("{BOOT_COUNT_VAR}={boot}")) {
+        env.push(var);
+    }
+    env
+}
+
 /// Executes the launcher again with `argv`; returns only on failure.
 fn reexec(argv: &[OsString], boot: u32) -> std::io::Error {
     let args: Vec<CString> = match argv
@@ -222,9 +287,12 @@ fn reexec(argv: &[OsString], boot: u32) -> std::io::Error {
     };
     let mut ptrs: Vec<*const libc::c_char> = args.iter().map(|a| a.as_ptr()).collect();
     ptrs.push(std::ptr::null());
-    std::env::set_var(BOOT_COUNT_VAR, boot.to_string());
+    let env = next_environment(boot);
+    let mut envp: Vec<*const libc::c_char> = env.iter().map(|a| a.as_ptr()).collect();
+    envp.push(std::ptr::null());
     // SAFETY: close_range only flags descriptors; sigprocmask restores the
-    // mask we changed; execv gets NUL-terminated strings that outlive the call.
+    // mask we changed; execve/execvpe get NULL-terminated arrays of
+    // NUL-terminated strings that outlive the calls.
     unsafe {
         if libc::syscall(
             libc::SYS_close_range,
@@ -238,9 +306,9 @@ fn reexec(argv: &[OsString], boot: u32) -> std::io::Error {
         let mut empty: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut empty);
         libc::pthread_sigmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
-        libc::execv(c"/proc/self/exe".as_ptr(), ptrs.as_ptr());
+        libc::execve(c"/proc/self/exe".as_ptr(), ptrs.as_ptr(), envp.as_ptr());
         // /proc may be missing (chroot): fall back to the name we were run as.
-        libc::execvp(ptrs[0], ptrs.as_ptr());
+        libc::execvpe(ptrs[0], ptrs.as_ptr(), envp.as_ptr());
     }
     std::io::Error::last_os_error()
 }
@@ -276,5 +344,23 @@ mod tests {
             }),
             None
         );
+    }
+
+    #[test]
+    fn the_next_boot_gets_its_number_once() {
+        let env = next_environment(7);
+        let counts: Vec<_> = env
+            .iter()
+            .filter(|kv| {
+                kv.as_bytes()
+                    .starts_with(format!("{BOOT_COUNT_VAR}=").as_bytes())
+            })
+            .collect();
+        assert_eq!(counts.len(), 1);
+        assert_eq!(
+            counts[0].as_bytes(),
+            format!("{BOOT_COUNT_VAR}=7").as_bytes()
+        );
+        assert!(env.len() > 1, "the rest of the environment is kept");
     }
 }

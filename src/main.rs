@@ -1,8 +1,10 @@
 //! `launcher`: run a Linux guest on KVM from one small, readable process.
 //!
 //! `main` parses the command line ([`cli`]), builds the machine ([`vm`]),
-//! runs it, and ends the process as the guest's last request says
-//! ([`lifecycle`]): exit with a documented code, or re-exec to reboot.
+//! runs it with the host event loop on this thread (signals, the control
+//! socket, stdin, timers), and ends the process as the guest's last
+//! request says ([`lifecycle`]): exit with a documented code, or re-exec
+//! to reboot.
 
 mod cli;
 mod control;
@@ -15,7 +17,10 @@ mod vcpu;
 mod virtio;
 mod vm;
 
+use std::sync::{Arc, Mutex};
+
 use clap::Parser;
+use event_manager::SubscriberOps;
 
 fn main() {
     let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
@@ -38,7 +43,7 @@ fn main() {
         eprintln!("launcher: internal error (a bug, please report it): {info}");
         // A thread that died would leave the guest half-run (a vCPU gone,
         // the main thread waiting for ever): end the whole run instead.
-        control::cleanup();
+        lifecycle::cleanup();
         std::process::exit(lifecycle::code::LAUNCHER_ERROR);
     }));
 
@@ -56,13 +61,23 @@ fn main() {
             std::process::exit(lifecycle::code::LAUNCHER_ERROR);
         }
     };
-    lifecycle::spawn_signal_thread(signals, vm.control(), vm.vmmci());
-    if let Some(v) = vm.vmmci() {
-        lifecycle::spawn_clock_watch(v);
+    let mut events = match vm::EventLoop::new() {
+        Ok(e) => e,
+        Err(e) => {
+            eprintln!("launcher: cannot create the event loop: {e}");
+            std::process::exit(lifecycle::code::LAUNCHER_ERROR);
+        }
+    };
+    if let Some(fd) = signals {
+        let s = lifecycle::Signals::new(fd, vm.control(), vm.vmmci());
+        events.add_subscriber(Arc::new(Mutex::new(s)));
     }
     if let Some(path) = &config.control {
         match control::bind(path) {
-            Ok(listener) => control::serve(listener, path.clone(), vm.control(), vm.vmmci()),
+            Ok(listener) => {
+                let server = control::ControlServer::new(listener, vm.control(), vm.vmmci());
+                events.add_subscriber(Arc::new(Mutex::new(server)));
+            }
             Err(e) => {
                 eprintln!("launcher: {e}");
                 std::process::exit(lifecycle::code::LAUNCHER_ERROR);
@@ -70,7 +85,7 @@ fn main() {
         }
     }
     terminal::make_raw();
-    let outcome = vm.run();
+    let outcome = vm.run(events);
     lifecycle::finish(outcome, &argv)
 }
 

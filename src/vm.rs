@@ -6,11 +6,18 @@
 //! create the in-kernel interrupt controllers and PIT; load the kernel,
 //! initrd and boot tables ([`loader`]); put the legacy devices on the
 //! port-I/O bus with their interrupts wired to irqfds; create and configure
-//! the vCPUs; start one thread per vCPU plus the stdin and signal threads;
-//! then wait for the first [`VmRequest`] that ends the run.
+//! the vCPUs; start one thread per vCPU; then run the host event loop
+//! ([`EventLoop`], on the calling thread) until the first [`VmRequest`]
+//! that ends the run.
+//!
+//! The event loop is rust-vmm's `event-manager`: one epoll, and for each
+//! kind of host event a subscriber in the file of the thing it serves:
+//! signals (`lifecycle.rs`), stdin (`terminal.rs`), the control socket
+//! (`control.rs`), vmmci's timeouts and clock watch
+//! (`devices/src/virtio/vmmci/host.rs`), and here [`FirstRequest`], which
+//! hears every [`VmControl::request`] through an eventfd and ends the loop.
 
-use std::os::fd::AsRawFd;
-use std::sync::mpsc::Receiver;
+use std::os::fd::{AsRawFd, RawFd};
 use std::sync::{Arc, Mutex};
 
 use devices::legacy::{ports, Cmos, InputSink, PowerManagement, SerialPort, I8042};
@@ -21,9 +28,10 @@ use devices::virtio::net::tap::Tap;
 use devices::virtio::net::{format_mac, Net};
 use devices::virtio::rng::Rng;
 use devices::virtio::transport::legacy;
-use devices::virtio::vmmci::{self, Vmmci, VmmciControl, VmmciEvent};
+use devices::virtio::vmmci::{self, ClockWatcher, Vmmci, VmmciControl, VmmciEvent};
 use devices::virtio::VirtioDevice;
-use devices::{Bus, VmControl, VmRequest};
+use devices::{Bus, Requests, VmControl, VmRequest};
+use event_manager::{EventManager, EventOps, EventSet, Events, MutEventSubscriber, SubscriberOps};
 use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, KVM_PIT_SPEAKER_DUMMY};
 use kvm_ioctls::{Cap, Kvm, VmFd};
 use loader::layout::MemoryLayout;
@@ -43,13 +51,17 @@ use crate::virtio::KvmHooks;
 /// below the BIOS area, inside the MMIO hole where no RAM or BAR lives.
 const KVM_TSS_ADDR: usize = 0xfffb_d000;
 
+/// The host event loop: every subscriber runs on the thread that calls
+/// [`Vm::run`], one event at a time.
+pub type EventLoop = EventManager<Arc<Mutex<dyn MutEventSubscriber + Send>>>;
+
 /// A machine ready to run: its threads start in [`Vm::run`].
 pub struct Vm {
     _kvm: Kvm,
     _vm: Arc<VmFd>,
     vcpus: Vec<Vcpu>,
     control: VmControl,
-    requests: Receiver<VmRequest>,
+    requests: Requests,
     serial: Arc<Mutex<SerialPort>>,
     serial_room: EventFd,
     console_input: Arc<InputQueue>,
@@ -119,7 +131,8 @@ impl Vm {
             boot.initrd
         );
 
-        let (control, requests) = VmControl::new();
+        let (control, requests) =
+            VmControl::new().map_err(Error::io("create the request channel's eventfd"))?;
         let mut pio = Bus::new();
         let irq = |gsi: u32| -> Result<EventFd> {
             let fd = EventFd::new(libc::EFD_NONBLOCK).map_err(Error::io("create an eventfd"))?;
@@ -214,7 +227,8 @@ impl Vm {
                         reason: "vmmci".into(),
                     },
                 })
-            }));
+            }))
+            .map_err(Error::io("create vmmci's timer"))?;
             // vmmci is always last, as in vmd.
             let t = Transport::Legacy(Some((vmmci::IDENTITY, vmmci::BAR_SIZE)));
             pci.add(Box::new(device), t, &mut mmio, &mut pio)?;
@@ -266,9 +280,10 @@ impl Vm {
         })
     }
 
-    /// Starts the vCPU and stdin threads and returns the request that ended
-    /// the run.
-    pub fn run(self) -> VmRequest {
+    /// Starts the vCPU threads, adds the VM's own subscribers (stdin,
+    /// vmmci, requests) to `events` and runs the loop on this thread until
+    /// a request ends the run; returns that request.
+    pub fn run(self, mut events: EventLoop) -> VmRequest {
         for vcpu in self.vcpus {
             let name = format!("vcpu{}", vcpu.id);
             if let Err(e) = std::thread::Builder::new()
@@ -288,14 +303,38 @@ impl Vm {
             serial,
             virtio: self.console_input,
         };
-        terminal::spawn_input_thread(route, self.control.clone());
-        // Every thread holds a sender, so this only fails if all are gone.
-        self.requests.recv().unwrap_or(VmRequest::HostError {
-            message: "every vCPU thread ended without a reason".into(),
-        })
+        events.add_subscriber(Arc::new(Mutex::new(terminal::StdinInput::new(
+            route,
+            self.control.clone(),
+        ))));
+        if let Some(v) = &self.vmmci {
+            events.add_subscriber(Arc::new(Mutex::new(v.timer())));
+            match ClockWatcher::new(v.clone()) {
+                Ok(w) => {
+                    events.add_subscriber(Arc::new(Mutex::new(w)));
+                }
+                Err(e) => log::warn!("no clock watch (host suspends go unnoticed): {e}"),
+            }
+        }
+        let first = Arc::new(Mutex::new(FirstRequest {
+            requests: self.requests,
+            first: None,
+        }));
+        events.add_subscriber(first.clone());
+        loop {
+            let taken = first.lock().unwrap_or_else(|e| e.into_inner()).first.take();
+            if let Some(req) = taken {
+                return req;
+            }
+            if let Err(e) = events.run() {
+                return VmRequest::HostError {
+                    message: format!("the event loop failed: {e}"),
+                };
+            }
+        }
     }
 
-    /// The handle the signal thread sends through.
+    /// The handle host events (signals, the control socket) send through.
     pub fn control(&self) -> VmControl {
         self.control.clone()
     }
@@ -306,27 +345,41 @@ impl Vm {
     }
 }
 
-/// Console input for the 8250: queue into its FIFO, wait on the eventfd the
-/// UART signals when the guest drained it.
+/// The event loop's subscriber for [`VmControl::request`]: keeps the first
+/// request, which ends [`Vm::run`]; later ones (the run is ending) are
+/// logged and dropped.
+struct FirstRequest {
+    requests: Requests,
+    first: Option<VmRequest>,
+}
+
+impl MutEventSubscriber for FirstRequest {
+    fn process(&mut self, _events: Events, _ops: &mut EventOps) {
+        self.requests.clear();
+        while let Ok(req) = self.requests.try_recv() {
+            if self.first.is_none() {
+                self.first = Some(req);
+            } else {
+                log::debug!("ignored, the run is ending: {req:?}");
+            }
+        }
+    }
+
+    fn init(&mut self, ops: &mut EventOps) {
+        if let Err(e) = ops.add(Events::new(&self.requests, EventSet::IN)) {
+            // Nothing could end the run: fail it instead.
+            self.first = Some(VmRequest::HostError {
+                message: format!("cannot watch for requests: {e}"),
+            });
+        }
+    }
+}
+
+/// Console input for the 8250: its FIFO, and the eventfd the UART signals
+/// when the guest drained it.
 struct SerialInput {
     sink: InputSink,
     room: EventFd,
-}
-
-impl ConsoleInput for SerialInput {
-    fn push(&self, bytes: &[u8]) -> usize {
-        self.sink.push(bytes)
-    }
-    fn wait_for_room(&self) {
-        let mut pfd = libc::pollfd {
-            fd: self.room.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        // SAFETY: one valid pollfd for the duration of the call.
-        unsafe { libc::poll(&mut pfd, 1, 100) };
-        let _ = self.room.read();
-    }
 }
 
 /// vmd's host bridge (see docs/vmmci.md).
@@ -377,16 +430,16 @@ impl ConsoleInput for StdinRoute {
         if self.virtio.in_use() {
             self.virtio.push(bytes)
         } else {
-            self.serial.push(bytes)
+            self.serial.sink.push(bytes)
         }
     }
-    fn wait_for_room(&self) {
-        if self.virtio.in_use() {
-            // The guest is reading slowly; its buffer drains by itself.
-            std::thread::sleep(std::time::Duration::from_millis(10));
-        } else {
-            self.serial.wait_for_room()
-        }
+    fn room_fds(&self) -> Vec<RawFd> {
+        vec![self.serial.room.as_raw_fd(), self.virtio.room().as_raw_fd()]
+    }
+    fn clear_room(&self) {
+        // Non-blocking eventfds: reading one that is clear just fails.
+        let _ = self.serial.room.read();
+        let _ = self.virtio.room().read();
     }
 }
 

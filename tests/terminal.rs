@@ -1,7 +1,9 @@
 //! The launcher's terminal handling (src/terminal.rs, src/lifecycle.rs):
 //!
 //! - the console escape: three Ctrl-C (0x03) within a second on stdin stop
-//!   the launcher with exit code 130 and say so on stderr;
+//!   the launcher with exit code 130 and say so on stderr, also after far
+//!   more input than the guest reads (the guest reads none: it is dropped
+//!   beyond 64 KiB, and stdin is read on);
 //! - raw mode: with a terminal (a pseudo-terminal here) as stdin, the
 //!   launcher turns ICANON and ECHO off while the guest runs and puts the
 //!   settings back when it ends, whether stopped by SIGTERM (exit 143) or
@@ -51,6 +53,37 @@ fn three_ctrl_c_on_stdin_stop_the_launcher() {
     assert!(
         g.stderr().contains("stopped from the console"),
         "stderr does not mention the console escape:\n{}",
+        g.output()
+    );
+}
+
+/// Input far beyond what the launcher holds for a guest (64 KiB).
+const FLOOD: usize = 1 << 20;
+
+#[test]
+fn three_ctrl_c_after_a_flood_the_guest_never_reads_stop_the_launcher() {
+    let args = guest_args("wait-forever");
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut g = Guest::start_with_stdin(&args);
+    g.wait_for("GUEST-WAITING", TIMEOUT);
+    // Blocking writes: they finish only if the launcher keeps reading.
+    let (done, finished) = std::sync::mpsc::channel();
+    let mut stdin = g.take_stdin();
+    std::thread::spawn(move || {
+        use std::io::Write;
+        let r = stdin
+            .write_all(&vec![b'x'; FLOOD])
+            .and_then(|()| stdin.write_all(&[0x03, 0x03, 0x03]))
+            .and_then(|()| stdin.flush());
+        let _ = done.send(r.is_ok());
+    });
+    let wrote = finished.recv_timeout(TIMEOUT).unwrap_or(false);
+    assert!(wrote, "the launcher stopped reading stdin:\n{}", g.output());
+    let status = g.wait_exit(TIMEOUT);
+    assert_eq!(status.code(), Some(130), "output:\n{}", g.output());
+    assert!(
+        g.stderr().contains("stopped from the console"),
+        "{}",
         g.output()
     );
 }
@@ -187,6 +220,56 @@ fn terminal_settings_restored_after_the_guest_powers_off() {
         before.c_lflag,
         after.c_lflag
     );
+}
+
+/// Writes all of `bytes` to the pty master without ever blocking for
+/// good: panics if the launcher stops reading for `TIMEOUT`.
+fn type_on(pty: &Pty, bytes: &[u8]) {
+    let fd = pty.master.as_raw_fd();
+    let deadline = Instant::now() + TIMEOUT;
+    let mut rest = bytes;
+    while !rest.is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "the launcher stopped reading its terminal ({} bytes left)",
+            rest.len()
+        );
+        let mut p = libc::pollfd {
+            fd,
+            events: libc::POLLOUT,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd; the write reads from a live buffer.
+        // Once poll says writable a pty write takes what fits, so it does
+        // not block.
+        let n = unsafe {
+            if libc::poll(&mut p, 1, 100) != 1 {
+                continue;
+            }
+            libc::write(fd, rest.as_ptr().cast(), rest.len().min(4096))
+        };
+        if n > 0 {
+            rest = &rest[n as usize..];
+        }
+    }
+}
+
+#[test]
+fn console_escape_on_a_terminal_after_input_the_guest_never_reads() {
+    let pty = open_pty();
+    let before = termios(&pty.slave);
+    let mut g = start_on_pty(&pty, "wait-forever");
+    g.wait_for("GUEST-WAITING", TIMEOUT);
+    type_on(&pty, &vec![b'x'; FLOOD]);
+    type_on(&pty, &[0x03; 3]);
+    let status = g.wait_exit(TIMEOUT);
+    assert_eq!(status.code(), Some(130), "output:\n{}", g.output());
+    assert!(
+        g.stderr().contains("stopped from the console"),
+        "stderr:\n{}",
+        g.output()
+    );
+    assert_eq!(settings(&termios(&pty.slave)), settings(&before));
 }
 
 #[test]

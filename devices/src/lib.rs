@@ -15,4 +15,4 @@ pub mod pci;
 pub mod virtio;
 
 pub use bus::{Bus, BusDevice, BusError};
-pub use control::{VmControl, VmRequest};
+pub use control::{Requests, VmControl, VmRequest};

@@ -193,6 +193,14 @@ impl Guest {
             .expect("cannot write to the launcher's stdin");
     }
 
+    /// Hands over the launcher's stdin pipe, e.g. to a writer thread.
+    pub fn take_stdin(&mut self) -> std::process::ChildStdin {
+        self.child
+            .stdin
+            .take()
+            .expect("the launcher's stdin is not a pipe")
+    }
+
     /// Closes the launcher's stdin pipe (end of file for the launcher).
     pub fn close_stdin(&mut self) {
         drop(self.child.stdin.take());

@@ -169,8 +169,8 @@ impl BusDevice for I8042 {
 mod tests {
     use super::*;
 
-    fn dev() -> (I8042, std::sync::mpsc::Receiver<VmRequest>) {
-        let (control, rx) = VmControl::new();
+    fn dev() -> (I8042, crate::control::Requests) {
+        let (control, rx) = VmControl::new().unwrap();
         (I8042::new(None, control), rx)
     }
 
@@ -205,7 +205,7 @@ mod tests {
 
     #[test]
     fn one_interrupt_per_byte_and_a_bounded_queue() {
-        let (control, _rx) = VmControl::new();
+        let (control, _rx) = VmControl::new().unwrap();
         let irq = EventFd::new(libc::EFD_NONBLOCK).unwrap();
         let mut d = I8042::new(Some(irq.try_clone().unwrap()), control);
         d.write(DATA, &[0xf2]);

@@ -78,7 +78,7 @@ mod tests {
 
     #[test]
     fn s5_powers_off_in_one_word_or_two_bytes() {
-        let (control, rx) = VmControl::new();
+        let (control, rx) = VmControl::new().unwrap();
         let mut pm = PowerManagement::new(control);
         pm.write(CNT, &POWEROFF_VALUE.to_le_bytes());
         assert_eq!(rx.try_recv(), Ok(VmRequest::Poweroff));

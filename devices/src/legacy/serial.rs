@@ -2,10 +2,12 @@
 //!
 //! Guest writes to the transmit register go straight to the launcher's
 //! stdout; bytes typed on stdin are queued into the receive FIFO by the
-//! terminal thread through [`InputSink`]. Interrupts go out through an
-//! eventfd that the launcher registers as an irqfd on GSI 4: Linux's tty
-//! layer waits for the transmitter-empty interrupt before it sends more,
-//! so without it user-space output would never appear.
+//! launcher's event loop (its stdin subscriber) through [`InputSink`], and
+//! [`RoomForInput`] tells it when the guest drained the FIFO. Interrupts
+//! go out through an eventfd that the launcher registers as an irqfd on
+//! GSI 4: Linux's tty layer waits for the transmitter-empty interrupt
+//! before it sends more, so without it user-space output would never
+//! appear.
 
 use std::io::Write;
 use std::sync::{Arc, Mutex};
@@ -26,7 +28,8 @@ impl Trigger for IrqTrigger {
     }
 }
 
-/// Tells the input thread that the receive FIFO drained and it may push more.
+/// Tells the launcher's stdin subscriber that the receive FIFO drained and
+/// it may push more.
 pub struct RoomForInput(pub EventFd);
 
 impl SerialEvents for RoomForInput {

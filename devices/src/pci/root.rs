@@ -161,8 +161,8 @@ impl PciFunction for HostBridge {
 mod tests {
     use super::*;
 
-    fn root() -> (PciRoot, std::sync::mpsc::Receiver<VmRequest>) {
-        let (control, rx) = VmControl::new();
+    fn root() -> (PciRoot, crate::control::Requests) {
+        let (control, rx) = VmControl::new().unwrap();
         (
             PciRoot::new(Arc::new(Mutex::new(HostBridge::new())), control),
             rx,

@@ -3,11 +3,13 @@
 //! queue 1 (transmitq) carries the guest's output to the launcher's
 //! stdout. It is always present, as in lguest, so `console=hvc0` works.
 //!
-//! Input arrives from the terminal thread through [`InputQueue`]: bytes
-//! wait in a shared buffer and an eventfd wakes the receive queue's worker,
-//! which copies them into whatever buffers the driver has posted; with no
-//! buffers posted they wait until the driver posts some (its notification
-//! wakes the worker again).
+//! Input arrives from the launcher's event loop (the terminal's stdin
+//! subscriber) through [`InputQueue`]: bytes wait in a bounded shared
+//! buffer and an eventfd wakes the receive queue's worker, which copies
+//! them into whatever buffers the driver has posted; with no buffers posted
+//! they wait until the driver posts some (its notification wakes the worker
+//! again). Once the worker has taken bytes it signals a second eventfd,
+//! [`InputQueue::room`], so the event loop knows more input fits.
 
 use std::collections::VecDeque;
 use std::io::Write;
@@ -26,13 +28,18 @@ use crate::virtio::rules::{Rule, Violation};
 const QUEUE_SIZE: u16 = 128;
 /// Bytes copied from guest memory to stdout at a time.
 const TX_CHUNK: usize = 64 * 1024;
-/// Input held for the guest at most; beyond it the terminal thread waits.
+/// Input held for the guest at most; beyond it the terminal keeps the
+/// rest and waits for [`InputQueue::room`].
 const INPUT_LIMIT: usize = 64 * 1024;
 
-/// Input waiting for the guest, shared with the terminal thread.
+/// Input waiting for the guest, shared with the launcher's event loop.
 pub struct InputQueue {
     pending: Mutex<VecDeque<u8>>,
+    /// Written by [`InputQueue::push`]: wakes the receive queue's worker.
     ready: EventFd,
+    /// Written by the worker when it took bytes, and when the console comes
+    /// into use: wakes whoever feeds input, as there may be room now.
+    room: EventFd,
     /// The guest has written to this console: it is the one in use, so
     /// the terminal's input belongs here.
     in_use: AtomicBool,
@@ -43,6 +50,7 @@ impl InputQueue {
         Ok(Arc::new(Self {
             pending: Mutex::new(VecDeque::new()),
             ready: EventFd::new(libc::EFD_NONBLOCK)?,
+            room: EventFd::new(libc::EFD_NONBLOCK)?,
             in_use: AtomicBool::new(false),
         }))
     }
@@ -62,6 +70,13 @@ impl InputQueue {
     /// True once the guest's driver has sent output through this console.
     pub fn in_use(&self) -> bool {
         self.in_use.load(Ordering::Acquire)
+    }
+
+    /// Readable once the guest took queued input (or the console came
+    /// into use) since the last read: more may fit now. Never blocks to
+    /// read (non-blocking eventfd).
+    pub fn room(&self) -> &EventFd {
+        &self.room
     }
 }
 
@@ -126,10 +141,10 @@ impl QueueHandler for Receive {
         loop {
             let mut pending = lock(&self.input.pending);
             if pending.is_empty() {
-                return Ok(used);
+                break;
             }
             let Some(chain) = queue.pop(mem)? else {
-                return Ok(used);
+                break;
             };
             if chain.readable().next().is_some() {
                 return Err(Violation::new(
@@ -144,6 +159,11 @@ impl QueueHandler for Receive {
             queue.add_used(mem, chain.head, len)?;
             used = true;
         }
+        if used {
+            // An eventfd counter cannot overflow from a few wake-ups.
+            let _ = self.input.room.write(1);
+        }
+        Ok(used)
     }
 
     fn backend_fd(&self) -> Option<RawFd> {
@@ -174,7 +194,10 @@ impl QueueHandler for Transmit {
             // Claim the terminal's input before the output is visible: a
             // user (or script) answering the guest's first line must reach
             // this console, not the UART.
-            self.input.in_use.store(true, Ordering::Release);
+            if !self.input.in_use.swap(true, Ordering::AcqRel) {
+                // Input held back for the 8250 may go here now.
+                let _ = self.input.room.write(1);
+            }
             let mut out = lock(&self.output);
             // Stream each buffer in bounded pieces: a chain may describe
             // gigabytes (descriptors can alias), which must not become one
@@ -202,5 +225,93 @@ impl QueueHandler for Transmit {
             used = true;
         }
         Ok(used)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use virtio_bindings::bindings::virtio_ring::VRING_DESC_F_WRITE;
+    use virtio_queue::desc::split::Descriptor;
+    use virtio_queue::desc::RawDescriptor;
+    use virtio_queue::mock::MockSplitQueue;
+    use vm_memory::GuestAddress;
+
+    use super::*;
+
+    const QSIZE: u16 = 16;
+    /// Our used ring, clear of the mock's rings (see queue.rs tests).
+    const USED: u64 = 0x400;
+    const BUF: u64 = 0x2000;
+
+    fn readable(fd: &EventFd) -> bool {
+        let mut p = libc::pollfd {
+            fd: fd.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd, no waiting.
+        unsafe { libc::poll(&mut p, 1, 0) == 1 }
+    }
+
+    #[test]
+    fn room_is_signalled_once_the_guest_takes_input_or_uses_the_console() {
+        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x10000)]).unwrap();
+        let vq = MockSplitQueue::new(&mem, QSIZE);
+        let mut rxq = CheckedQueue::new(
+            0,
+            QSIZE,
+            QSIZE,
+            vq.desc_table_addr().0,
+            vq.avail_addr().0,
+            USED,
+            0,
+            &mem,
+        )
+        .unwrap();
+        let input = InputQueue::new().unwrap();
+        let mut console = Console::new(input.clone(), Box::new(std::io::sink()));
+        let mut handlers = console.activate(0).into_iter();
+        let mut receive = handlers.next().unwrap();
+
+        assert_eq!(input.push(&vec![b'x'; INPUT_LIMIT + 10]), INPUT_LIMIT);
+        assert_eq!(input.push(b"y"), 0, "full");
+        assert!(!receive.process(&mut rxq, &mem).unwrap(), "no buffers yet");
+        assert!(!readable(input.room()), "nothing taken, no room");
+
+        let d = Descriptor::new(BUF, 100, VRING_DESC_F_WRITE as u16, 0);
+        vq.desc_table().store(0, RawDescriptor::from(d)).unwrap();
+        vq.avail().ring().ref_at(0).unwrap().store(0);
+        vq.avail().idx().store(1);
+        assert!(receive.process(&mut rxq, &mem).unwrap());
+        assert!(readable(input.room()));
+        input.room().read().unwrap();
+        assert_eq!(input.push(&[b'z'; 200]), 100, "the room the guest made");
+
+        // The console coming into use also means room (for input that
+        // waited for the 8250).
+        assert!(!input.in_use());
+        let mut transmit = handlers.next().unwrap();
+        let txq_vq = MockSplitQueue::create(&mem, GuestAddress(0x4000), QSIZE);
+        let mut txq = CheckedQueue::new(
+            1,
+            QSIZE,
+            QSIZE,
+            txq_vq.desc_table_addr().0,
+            txq_vq.avail_addr().0,
+            0x8000,
+            0,
+            &mem,
+        )
+        .unwrap();
+        let d = Descriptor::new(BUF, 4, 0, 0);
+        txq_vq
+            .desc_table()
+            .store(0, RawDescriptor::from(d))
+            .unwrap();
+        txq_vq.avail().ring().ref_at(0).unwrap().store(0);
+        txq_vq.avail().idx().store(1);
+        assert!(transmit.process(&mut txq, &mem).unwrap());
+        assert!(input.in_use());
+        assert!(readable(input.room()));
     }
 }

@@ -14,10 +14,13 @@
 //!
 //! * Orderly shutdown and reboot: the launcher (SIGTERM, a control
 //!   command) calls [`VmmciControl::request`]; the command goes to the
-//!   guest with a configuration-change interrupt, and the timers below end
+//!   guest with a configuration-change interrupt, and vmd's timeouts end
 //!   the VM through the launcher's [`EventSink`] if the guest does not.
-//! * Clock sync after a host suspend: [`VmmciControl::sync_rtc`] (use
-//!   [`ClockWatch`] to notice the jump) asks the guest to re-read its RTC.
+//!   The timeouts are one timerfd, re-armed in place, that the launcher's
+//!   event loop watches through [`VmmciTimer`] (`host.rs`).
+//! * Clock sync after a host suspend: [`VmmciControl::sync_rtc`]
+//!   ([`ClockWatcher`] ticks [`ClockWatch`] to notice the jump) asks the
+//!   guest to re-read its RTC.
 //! * The guest reads the host clock (OpenBSD every 15 s, Linux every 20 s).
 //!
 //! The Linux driver never reads ISR and acts on every interrupt, so the
@@ -25,8 +28,10 @@
 //! by a read of the command and by the ack, and a repeated ack does not
 //! extend the long timer.
 
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use vmm_sys_util::timerfd::TimerFd;
 
 use crate::bus::lock;
 use crate::pci::config::Identity;
@@ -114,7 +119,8 @@ pub enum VmmciEvent {
     RebootNow,
 }
 
-/// Where timer expiries go; called from a timer thread.
+/// Where timer expiries go; called on the launcher's event loop (from
+/// [`VmmciTimer`]) with no lock held.
 pub type EventSink = Box<dyn Fn(VmmciEvent) + Send + Sync>;
 
 /// Timeouts and clock, injectable for tests.
@@ -160,51 +166,40 @@ struct State {
     ending: Option<Ending>,
     /// tv_sec and tv_usec, as latched by the last read of offset 4.
     time: (u64, u32),
-    /// Bumped when the timer is re-armed or fires; a timer thread whose
-    /// generation is stale exits without firing.
-    generation: u64,
+    /// When the one pending timer runs out; `None` when none runs.
+    deadline: Option<Instant>,
+    /// Armed for `deadline`; the launcher's event loop watches it through
+    /// [`VmmciTimer`]. Only ever set or read under the state lock.
+    timer: TimerFd,
     signal: Option<Arc<dyn ConfigSignal>>,
 }
 
 struct Shared {
     state: Mutex<State>,
-    /// Wakes timer threads when the generation changes.
-    timer: Condvar,
     events: EventSink,
     settings: Settings,
 }
 
 impl Shared {
     /// Arms the one pending timer for `after` from now, replacing any
-    /// other: one thread that sleeps on the condvar, no polling.
-    fn arm(self: &Arc<Self>, st: &mut State, after: Duration) {
-        st.generation += 1;
-        let generation = st.generation;
-        self.timer.notify_all();
-        let deadline = Instant::now() + after;
-        let shared = self.clone();
-        let spawned = std::thread::Builder::new()
-            .name("vmmci-timer".into())
-            .spawn(move || shared.run_timer(generation, deadline));
-        if let Err(e) = spawned {
-            log::error!("vmmci: cannot start a timer thread: {e}");
-        }
+    /// other (`timerfd_settime` replaces the old expiry).
+    fn arm(&self, st: &mut State, after: Duration) {
+        st.deadline = Some(Instant::now() + after);
+        set_timer(&mut st.timer, after);
     }
 
-    fn run_timer(&self, generation: u64, deadline: Instant) {
+    /// The timer fired (or the loop woke for it) at `now`: ends the VM
+    /// through the [`EventSink`] if the deadline really passed. A re-arm
+    /// that raced the expiry moved the deadline, and wins.
+    fn expire(&self, now: Instant) -> Option<VmmciEvent> {
         let mut st = lock(&self.state);
-        loop {
-            if st.generation != generation {
-                return;
-            }
-            let now = Instant::now();
-            if now >= deadline {
-                break;
-            }
-            st = match self.timer.wait_timeout(st, deadline - now) {
-                Ok((g, _)) => g,
-                Err(e) => e.into_inner().0,
-            };
+        host::drain(&mut st.timer);
+        let deadline = st.deadline?;
+        if now < deadline {
+            // Re-armed after the expiry (already set for the new deadline)
+            // or woken early: either way the timer runs for what is left.
+            set_timer(&mut st.timer, deadline - now);
+            return None;
         }
         let event = match st.ending {
             Some(Ending::Host {
@@ -215,9 +210,18 @@ impl Shared {
         };
         log::info!("vmmci: the guest did not finish in time: {event:?}");
         st.ending = None;
-        st.generation += 1;
+        st.deadline = None;
         drop(st);
         (self.events)(event);
+        Some(event)
+    }
+}
+
+/// Sets `timer` to run out once, `after` from now; a zero `after` still
+/// fires (a zero `it_value` would disarm it).
+fn set_timer(timer: &mut TimerFd, after: Duration) {
+    if let Err(e) = timer.reset(after.max(Duration::from_nanos(1)), None) {
+        log::error!("vmmci: cannot arm the timer: {e}");
     }
 }
 
@@ -235,11 +239,16 @@ pub struct VmmciControl {
 
 impl Vmmci {
     /// A device with vmd's timeouts; `events` hears when to stop or restart.
-    pub fn new(events: EventSink) -> (Vmmci, VmmciControl) {
+    /// Fails only if no timerfd can be made. The timeouts only run out if
+    /// the launcher's event loop watches [`VmmciControl::timer`].
+    pub fn new(events: EventSink) -> std::io::Result<(Vmmci, VmmciControl)> {
         Self::with_settings(events, Settings::default())
     }
 
-    pub fn with_settings(events: EventSink, settings: Settings) -> (Vmmci, VmmciControl) {
+    pub fn with_settings(
+        events: EventSink,
+        settings: Settings,
+    ) -> std::io::Result<(Vmmci, VmmciControl)> {
         let shared = Arc::new(Shared {
             state: Mutex::new(State {
                 driver_ok: false,
@@ -247,19 +256,19 @@ impl Vmmci {
                 command: command::NONE,
                 ending: None,
                 time: (0, 0),
-                generation: 0,
+                deadline: None,
+                timer: host::nonblocking_timer()?,
                 signal: None,
             }),
-            timer: Condvar::new(),
             events,
             settings,
         });
-        (
+        Ok((
             Vmmci {
                 shared: shared.clone(),
             },
             VmmciControl { shared },
-        )
+        ))
     }
 
     fn state(&self) -> MutexGuard<'_, State> {
@@ -446,6 +455,12 @@ impl VmmciControl {
     pub fn driver_ok(&self) -> bool {
         lock(&self.shared.state).driver_ok
     }
+
+    /// The subscriber that ends the VM when a timeout runs out; register it
+    /// on the launcher's event loop, or the timeouts never fire.
+    pub fn timer(&self) -> VmmciTimer {
+        VmmciTimer::new(self.shared.clone())
+    }
 }
 
 /// Notices host suspend/resume: CLOCK_MONOTONIC stops while the host
@@ -487,6 +502,10 @@ impl Default for ClockWatch {
         Self::new()
     }
 }
+
+mod host;
+
+pub use host::{ClockWatcher, VmmciTimer};
 
 #[cfg(test)]
 mod tests;

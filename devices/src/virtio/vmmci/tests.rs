@@ -1,10 +1,15 @@
 //! vmmci behind the legacy transport, driven the way OpenBSD's and Linux's
-//! drivers drive it, with short timers and fake hooks (no KVM).
+//! drivers drive it, with fake hooks (no KVM). Timeouts are checked
+//! against the armed deadline by calling the timer subscriber's handler
+//! with a chosen "now"; a few tests run a real event loop on the timerfd.
 
+use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{channel, Receiver};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use event_manager::{EventManager, SubscriberOps};
 
 use super::*;
 use crate::pci::config::reg as pcireg;
@@ -23,6 +28,7 @@ struct Rig {
     t: LegacyTransport,
     hooks: Arc<FakeHooks>,
     control: VmmciControl,
+    timer: VmmciTimer,
     events: Receiver<VmmciEvent>,
 }
 
@@ -33,7 +39,9 @@ fn rig_with(settings: Settings) -> Rig {
             let _ = tx.send(e);
         }),
         settings,
-    );
+    )
+    .unwrap();
+    let timer = control.timer();
     let hooks = Arc::new(FakeHooks::new(false));
     let mut t = LegacyTransport::with_identity(
         Box::new(dev),
@@ -48,6 +56,7 @@ fn rig_with(settings: Settings) -> Rig {
         t,
         hooks,
         control,
+        timer,
         events,
     }
 }
@@ -69,6 +78,36 @@ impl Rig {
         self.t.w(4, 4, features);
         self.t.w(STATUS, 1, UP);
         assert!(self.hooks.take().is_empty());
+    }
+
+    /// When the pending timeout runs out, if one runs.
+    fn deadline(&self) -> Option<Instant> {
+        lock(&self.control.shared.state).deadline
+    }
+
+    /// Whether the timerfd is set to go off.
+    fn armed(&self) -> bool {
+        lock(&self.control.shared.state).timer.is_armed().unwrap()
+    }
+
+    /// The timer handler run at `now`; checks that what it returns is
+    /// what reached the event sink.
+    fn expire_at(&mut self, now: Instant) -> Option<VmmciEvent> {
+        let fired = self.timer.expire_at(now);
+        assert_eq!(self.events.try_recv().ok(), fired);
+        fired
+    }
+
+    /// Runs the handler just before and at the deadline: only the second
+    /// fires. Returns what it fired.
+    fn expire_at_deadline(&mut self) -> VmmciEvent {
+        let d = self.deadline().expect("a timer runs");
+        assert_eq!(self.expire_at(d - Duration::from_millis(1)), None);
+        assert_eq!(self.deadline(), Some(d), "an early wake keeps the deadline");
+        assert!(self.armed(), "an early wake re-arms the timerfd");
+        let e = self.expire_at(d).expect("the deadline passed");
+        assert_eq!(self.deadline(), None);
+        e
     }
 
     /// A config register read byte by byte, as Linux's stock driver does.
@@ -152,14 +191,16 @@ fn time_is_the_host_clock_latched_at_offset_24() {
 
 #[test]
 fn request_before_driver_ok_says_not_up() {
-    let mut r = rig_with(quick(50, 50));
+    let mut r = rig_with(Settings::default());
     assert_eq!(r.control.request(Request::Shutdown), Outcome::NotUp);
     assert!(!r.control.driver_ok());
     r.t.w(STATUS, 1, u32::from(status::ACKNOWLEDGE | status::DRIVER));
     assert_eq!(r.control.request(Request::Reboot), Outcome::NotUp);
     assert_eq!(r.hooks.pulses(), 0);
     assert_eq!(r.t.r(CMD, 4), command::NONE);
-    assert!(r.events.recv_timeout(Duration::from_millis(150)).is_err());
+    assert_eq!(r.deadline(), None);
+    assert!(!r.armed());
+    assert_eq!(r.expire_at(Instant::now() + LONG_TIMEOUT), None);
 }
 
 #[test]
@@ -201,81 +242,77 @@ fn command_read_and_ack_clear_isr() {
 
 #[test]
 fn no_ack_within_the_short_timer_stops() {
-    let mut r = rig_with(quick(50, 10_000));
+    let mut r = rig_with(Settings::default());
     r.up(7);
-    let start = Instant::now();
+    let before = Instant::now();
     assert_eq!(r.control.request(Request::Shutdown), Outcome::Sent);
-    let e = r.events.recv_timeout(Duration::from_secs(5)).unwrap();
-    assert_eq!(e, VmmciEvent::ShutdownNow);
-    assert!(start.elapsed() >= Duration::from_millis(50));
+    let d = r.deadline().unwrap();
+    assert!(d >= before + SHORT_TIMEOUT && d <= Instant::now() + SHORT_TIMEOUT);
+    assert!(r.armed());
+    assert_eq!(r.expire_at_deadline(), VmmciEvent::ShutdownNow);
     assert_eq!(r.control.pending(), None);
+    assert_eq!(r.expire_at(d + LONG_TIMEOUT), None, "fires once");
 
     assert_eq!(r.control.request(Request::Reboot), Outcome::Sent);
-    let e = r.events.recv_timeout(Duration::from_secs(5)).unwrap();
-    assert_eq!(e, VmmciEvent::RebootNow);
+    assert_eq!(r.expire_at_deadline(), VmmciEvent::RebootNow);
 }
 
 #[test]
 fn ack_rearms_the_long_timer() {
-    let mut r = rig_with(quick(100, 400));
+    let mut r = rig_with(Settings::default());
     r.up(7);
     r.control.request(Request::Shutdown);
+    let short = r.deadline().unwrap();
+    let before = Instant::now();
     r.t.w(CMD, 4, command::SHUTDOWN);
-    let acked = Instant::now();
-    assert!(
-        r.events.recv_timeout(Duration::from_millis(250)).is_err(),
-        "the short timer was replaced"
-    );
-    let e = r.events.recv_timeout(Duration::from_secs(5)).unwrap();
-    assert_eq!(e, VmmciEvent::ShutdownNow);
-    assert!(acked.elapsed() >= Duration::from_millis(400));
+    let long = r.deadline().unwrap();
+    assert!(long >= before + LONG_TIMEOUT && long <= Instant::now() + LONG_TIMEOUT);
+    assert_eq!(r.expire_at(short), None, "the short timer was replaced");
+    assert_eq!(r.expire_at_deadline(), VmmciEvent::ShutdownNow);
 }
 
 #[test]
 fn bytewise_ack_counts_as_an_ack() {
-    let mut r = rig_with(quick(100, 400));
+    let mut r = rig_with(Settings::default());
     r.up(7);
     r.control.request(Request::Reboot);
+    let short = r.deadline().unwrap();
     for (i, b) in command::REBOOT.to_le_bytes().iter().enumerate() {
         r.t.w(CMD + i as u64, 1, u32::from(*b));
     }
-    assert!(r.events.recv_timeout(Duration::from_millis(250)).is_err());
-    let e = r.events.recv_timeout(Duration::from_secs(5)).unwrap();
-    assert_eq!(e, VmmciEvent::RebootNow);
+    assert!(r.deadline().unwrap() >= short + (LONG_TIMEOUT - SHORT_TIMEOUT));
+    assert_eq!(r.expire_at(short), None);
+    assert_eq!(r.expire_at_deadline(), VmmciEvent::RebootNow);
 }
 
 #[test]
 fn duplicate_acks_do_not_extend() {
-    let mut r = rig_with(quick(100, 500));
+    let mut r = rig_with(Settings::default());
     r.up(7);
     r.control.request(Request::Shutdown);
     r.t.w(CMD, 4, command::SHUTDOWN);
-    let acked = Instant::now();
-    std::thread::sleep(Duration::from_millis(300));
+    let long = r.deadline().unwrap();
     r.t.w(CMD, 4, command::SHUTDOWN);
     r.t.w(CMD, 4, command::SHUTDOWN);
-    let e = r.events.recv_timeout(Duration::from_secs(5)).unwrap();
-    assert_eq!(e, VmmciEvent::ShutdownNow);
-    let took = acked.elapsed();
-    assert!(
-        took >= Duration::from_millis(500) && took < Duration::from_millis(750),
-        "{took:?}"
-    );
-    assert!(r.events.recv_timeout(Duration::from_millis(300)).is_err());
+    assert_eq!(r.deadline(), Some(long));
+    assert_eq!(r.expire_at_deadline(), VmmciEvent::ShutdownNow);
+    assert_eq!(r.expire_at(long + LONG_TIMEOUT), None);
 }
 
 #[test]
 fn guest_going_down_on_its_own_arms_the_short_timer() {
-    let mut r = rig_with(quick(50, 10_000));
+    let mut r = rig_with(Settings::default());
     r.up(7);
+    let before = Instant::now();
     r.t.w(CMD, 4, command::SHUTDOWN);
     assert_eq!(r.control.pending(), Some(VmmciEvent::ShutdownNow));
     assert_eq!(
         r.control.request(Request::Shutdown),
         Outcome::AlreadyPending
     );
-    let e = r.events.recv_timeout(Duration::from_secs(5)).unwrap();
-    assert_eq!(e, VmmciEvent::ShutdownNow);
+    let d = r.deadline().unwrap();
+    assert!(d >= before + SHORT_TIMEOUT && d <= Instant::now() + SHORT_TIMEOUT);
+    assert_eq!(r.expire_at_deadline(), VmmciEvent::ShutdownNow);
 }
 
 #[test]
@@ -330,14 +367,80 @@ fn only_a_read_covering_offset_24_latches() {
 
 #[test]
 fn driver_reset_means_not_up_but_keeps_a_shutdown_timer() {
-    let mut r = rig_with(quick(50, 10_000));
+    let mut r = rig_with(Settings::default());
     r.up(7);
     r.control.request(Request::Shutdown);
+    let d = r.deadline().unwrap();
     r.t.w(STATUS, 1, 0);
     assert_eq!(r.t.r(CMD, 4), command::NONE);
     assert_eq!(r.control.request(Request::Reboot), Outcome::NotUp);
-    let e = r.events.recv_timeout(Duration::from_secs(5)).unwrap();
+    assert_eq!(r.deadline(), Some(d));
+    assert_eq!(r.expire_at_deadline(), VmmciEvent::ShutdownNow);
+}
+
+/// Runs an event loop with only `r`'s timer subscriber on it until an
+/// event reaches the sink; panics after `limit`.
+fn run_until_event(r: &Rig, limit: Duration) -> VmmciEvent {
+    let mut loop_ = EventManager::<VmmciTimer>::new().unwrap();
+    loop_.add_subscriber(r.control.timer());
+    let give_up = Instant::now() + limit;
+    loop {
+        if let Ok(e) = r.events.try_recv() {
+            return e;
+        }
+        assert!(Instant::now() < give_up, "no timer event within {limit:?}");
+        loop_.run_with_timeout(100).unwrap();
+    }
+}
+
+#[test]
+fn the_event_loop_fires_the_short_timeout_on_the_timerfd() {
+    let mut r = rig_with(quick(50, 10_000));
+    r.up(7);
+    let start = Instant::now();
+    assert_eq!(r.control.request(Request::Reboot), Outcome::Sent);
+    let e = run_until_event(&r, Duration::from_secs(10));
+    assert_eq!(e, VmmciEvent::RebootNow);
+    assert!(start.elapsed() >= Duration::from_millis(50));
+    assert_eq!(r.deadline(), None);
+    assert!(!r.armed());
+}
+
+#[test]
+fn the_event_loop_fires_the_long_timeout_after_an_ack() {
+    let mut r = rig_with(quick(30, 60));
+    r.up(7);
+    r.control.request(Request::Shutdown);
+    r.t.w(CMD, 4, command::SHUTDOWN);
+    let acked = Instant::now();
+    let e = run_until_event(&r, Duration::from_secs(10));
     assert_eq!(e, VmmciEvent::ShutdownNow);
+    assert!(acked.elapsed() >= Duration::from_millis(60));
+}
+
+#[test]
+fn a_rearm_that_races_the_expiry_wins() {
+    let mut r = rig_with(quick(1, 10_000));
+    r.up(7);
+    r.control.request(Request::Shutdown);
+    let short = r.deadline().unwrap();
+    // Let the short timer really expire on the timerfd...
+    let fd = lock(&r.control.shared.state).timer.as_raw_fd();
+    let mut p = libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd.
+    assert_eq!(unsafe { libc::poll(&mut p, 1, 10_000) }, 1, "timer expired");
+    // ...then the guest's ack re-arms before the loop gets to it.
+    r.t.w(CMD, 4, command::SHUTDOWN);
+    let long = r.deadline().unwrap();
+    assert!(long > short);
+    assert_eq!(r.expire_at(Instant::now()), None, "the re-arm wins");
+    assert_eq!(r.deadline(), Some(long));
+    assert!(r.armed(), "the long timer still runs");
+    assert_eq!(r.control.pending(), Some(VmmciEvent::ShutdownNow));
 }
 
 #[test]
