@@ -29,10 +29,16 @@ const NOT_RAM: u64 = 0x10_0000_0000;
 /// Status reads to wait for DEVICE_NEEDS_RESET after misbehaving.
 const SETTLE_READS: u32 = 20_000;
 
-pub const SCENARIOS: &[(&str, Scenario)] = &[("virtio-rng", rng), ("virtio-rng-reset", rng_reset)];
+pub const SCENARIOS: &[(&str, Scenario)] = &[
+    ("virtio-rng", rng),
+    ("virtio-rng-reset", rng_reset),
+    ("devices-up", devices_up),
+];
 
 /// The second set of rings `virtio-rng-reset` uses after its reset.
 static RING2: Pages<RING_BYTES> = Pages::new();
+/// The console's transmitq rings for `devices-up`.
+static RING3: Pages<RING_BYTES> = Pages::new();
 
 /// A misbehaviour: sets the device up as far as needed, breaks one rule,
 /// and returns the device so the status can be reported.
@@ -239,6 +245,25 @@ fn rng_reset(_: &Cmdline) -> ! {
         fail("the two random reads are equal");
     }
     finish()
+}
+
+/// Brings up virtio-rng and both queues of virtio-console, prints
+/// `GUEST-WAITING` and spins: for tests that look at a running launcher
+/// with its queue workers started.
+fn devices_up(_: &Cmdline) -> ! {
+    let (_rng, _vq) = ready();
+    let c = Device::probe(virtio::CONSOLE_DEVICE)
+        .unwrap_or_else(|| fail("no virtio-console (1af4:1043) on bus 0"));
+    c.init();
+    let mut rx = Vq::at(0, QSIZE, RING2.addr());
+    c.setup_queue(&mut rx);
+    let mut tx = Vq::at(1, QSIZE, RING3.addr());
+    c.setup_queue(&mut tx);
+    c.driver_ok();
+    println!("GUEST-WAITING");
+    loop {
+        core::hint::spin_loop();
+    }
 }
 
 // --- device status (§2.1, §3.1.1) ---
