@@ -152,6 +152,11 @@ impl Vcpu {
         let mut fixed = std::collections::BTreeSet::new();
         let mut waiting_for_sipi = false;
         loop {
+            // The run is ending (a bad driver caught at this very access,
+            // say): the guest runs no further instruction.
+            if self.control.ending() {
+                return;
+            }
             let exit = match self.fd.run() {
                 Ok(exit) => {
                     if std::mem::take(&mut waiting_for_sipi) {

@@ -8,6 +8,7 @@
 
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::mpsc::{channel, Receiver, Sender, TryRecvError};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use vmm_sys_util::eventfd::EventFd;
@@ -38,6 +39,10 @@ pub enum VmRequest {
 pub struct VmControl {
     tx: Sender<VmRequest>,
     wake: Arc<EventFd>,
+    /// Set by the first request: every request ends the run, so the vCPUs
+    /// stop entering the guest at once (the guest's next instruction after
+    /// a bad access never runs).
+    ending: Arc<AtomicBool>,
 }
 
 /// The receiving side: readable (as a descriptor) once a request waits.
@@ -56,6 +61,7 @@ impl VmControl {
             Self {
                 tx,
                 wake: wake.clone(),
+                ending: Arc::new(AtomicBool::new(false)),
             },
             Requests { rx, wake },
         ))
@@ -66,8 +72,15 @@ impl VmControl {
     /// from one write per request). If the receiver is already gone the
     /// process is ending anyway, so a failed send is ignored.
     pub fn request(&self, req: VmRequest) {
+        self.ending.store(true, Ordering::SeqCst);
         let _ = self.tx.send(req);
         let _ = self.wake.write(1);
+    }
+
+    /// Whether a request that ends the run was made: a vCPU must not enter
+    /// the guest again.
+    pub fn ending(&self) -> bool {
+        self.ending.load(Ordering::SeqCst)
     }
 }
 
