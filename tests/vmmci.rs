@@ -116,40 +116,38 @@ fn count(pid: u32, dir: &str) -> Option<usize> {
         .map(|d| d.count())
 }
 
-/// (fds, threads) while boot `n` runs: the minimum of a few samples, each
-/// kept only if the launcher had not yet announced boot `n + 1` 50 ms later
-/// (so no sample falls on the moment of an exec).
-fn sample(g: &Guest, n: u32) -> (usize, usize) {
+/// (fds, threads) of the launcher now.
+fn sample(g: &Guest) -> (usize, usize) {
     let pid = g.pid();
-    let next = format!("starting boot #{}", n + 1);
-    let mut best = (usize::MAX, usize::MAX);
-    for _ in 0..5 {
-        if let (Some(f), Some(t)) = (count(pid, "fd"), count(pid, "task")) {
-            std::thread::sleep(Duration::from_millis(50));
-            if g.output().contains(&next) {
-                break;
-            }
-            best = (best.0.min(f), best.1.min(t));
-        }
+    match (count(pid, "fd"), count(pid, "task")) {
+        (Some(f), Some(t)) => (f, t),
+        _ => panic!("cannot read /proc/{pid}"),
     }
-    best
-}
-
-fn sample_at_boot(g: &mut Guest, n: u32) -> (usize, usize) {
-    g.wait_for(&format!("starting boot #{n}"), TIMEOUT);
-    g.wait_for("GUEST-TEST-START", TIMEOUT);
-    let s = sample(g, n);
-    eprintln!("boot #{n}: fds={} threads={}", s.0, s.1);
-    assert!(s.0 != usize::MAX, "no sample during boot #{n}");
-    s
 }
 
 #[test]
 fn repeated_reboots_leak_no_descriptors_or_threads() {
-    // reboot-slow: GUEST-TEST-START, up to a second (until the CMOS clock
-    // ticks), then an i8042 reset; the samples fall into that wait.
-    let mut g = start(&["--vmmci", "scenario=reboot-slow"]);
-    let early = sample_at_boot(&mut g, 3);
-    let late = sample_at_boot(&mut g, 21);
-    assert_eq!(early, late, "(fds, threads) at boot #3 and #21");
+    // reboot-on-input: GUEST-TEST-START, then it waits for a byte on COM1
+    // and reboots; the launcher is sampled while the guest waits, so no
+    // sample can fall on an exec however slow the host.
+    let mut g = Guest::start_with_stdin(&[
+        "16",
+        test_guest::path().to_str().unwrap(),
+        "--vmmci",
+        "scenario=reboot-on-input",
+    ]);
+    let mut samples = Vec::new();
+    for n in 1..=21 {
+        if n > 1 {
+            g.wait_for(&format!("starting boot #{n}"), TIMEOUT);
+        }
+        g.wait_for("GUEST-TEST-START", TIMEOUT);
+        if n == 3 || n == 21 {
+            let s = sample(&g);
+            eprintln!("boot #{n}: fds={} threads={}", s.0, s.1);
+            samples.push(s);
+        }
+        g.write_stdin(b"x");
+    }
+    assert_eq!(samples[0], samples[1], "(fds, threads) at boot #3 and #21");
 }

@@ -7,8 +7,8 @@
 //! also signals an eventfd, which is how the loop (an epoll) hears of it.
 
 use std::os::fd::{AsRawFd, RawFd};
-use std::sync::mpsc::{channel, Receiver, Sender, TryRecvError};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{channel, Receiver, Sender, TryRecvError};
 use std::sync::Arc;
 
 use vmm_sys_util::eventfd::EventFd;

@@ -15,9 +15,8 @@
 //! with `noack=1`, which then spins until the launcher gives up), and a
 //! power-off for SHUTDOWN (1) or an i8042 reset for REBOOT (2).
 //!
-//! - `reboot-slow`: prints `GUEST-TEST-START`, waits a moment (300 ms on
-//!   the TSC with `tsc_khz=N`, else up to the next CMOS second) and reboots:
-//!   a window in which the launcher's process can be inspected.
+//! - `reboot-on-input`: prints `GUEST-TEST-START` and reboots when a byte
+//!   arrives on COM1 (the launcher's stdin).
 
 use crate::clock::{rtc_seconds, Deadline};
 use crate::cmdline::Cmdline;
@@ -25,7 +24,7 @@ use crate::pci;
 use crate::port::{inb, inl, outb, outl};
 use crate::power;
 use crate::println;
-use crate::scenarios::{rdtsc, Scenario};
+use crate::scenarios::Scenario;
 
 pub const VENDOR: u16 = 0x0b5d;
 pub const DEVICE: u16 = 0x0777;
@@ -63,7 +62,7 @@ const REPEAT_WATCH: u32 = 1;
 pub const SCENARIOS: &[(&str, Scenario)] = &[
     ("vmmci-openbsd", openbsd),
     ("vmmci-linux", linux),
-    ("reboot-slow", reboot_slow),
+    ("reboot-on-input", reboot_on_input),
 ];
 
 /// Runs `name` if it is one of ours; returns if it is not.
@@ -219,21 +218,15 @@ fn watch_repeats(dev: &Vmmci, command: u32) -> u32 {
 }
 
 /// `GUEST-TEST-START`, a short wait, then an i8042 reset.
-fn reboot_slow(cmdline: &Cmdline) -> ! {
+/// Prints `GUEST-TEST-START`, then reboots once a byte arrives on COM1
+/// (the launcher's stdin): the test decides when, so it can inspect the
+/// launcher for as long as it needs, however busy the host is.
+fn reboot_on_input(_: &Cmdline) -> ! {
     println!("GUEST-TEST-START");
-    match cmdline.get_u64("tsc_khz") {
-        Some(khz) if khz > 0 => {
-            let end = rdtsc() + khz * 300;
-            while rdtsc() < end {
-                core::hint::spin_loop();
-            }
-        }
-        _ => {
-            let s = rtc_seconds();
-            while rtc_seconds() == s {
-                core::hint::spin_loop();
-            }
-        }
+    // LSR bit 0: data ready.
+    while inb(crate::serial::COM1 + 5) & 1 == 0 {
+        core::hint::spin_loop();
     }
     power::reboot()
 }
+
