@@ -47,7 +47,7 @@ fn a_kernel_that_is_neither_elf_nor_bzimage_is_refused() {
 #[test]
 fn missing_initrd_names_the_file() {
     let Some(images) = common::guest_images() else {
-        eprintln!("skipped: no guest images (see tests/common)");
+        common::skip("no guest images (see tests/common)");
         return;
     };
     let k = images.join("vmlinux");

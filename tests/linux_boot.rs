@@ -251,7 +251,7 @@ impl Drop for Netns {
 fn ext4_root_on_virtio_blk_keeps_guest_writes_and_the_guest_pings_the_tap() {
     let images = common::require_images();
     let Some(ns) = Netns::new("e2e") else {
-        eprintln!("skipped: cannot create a network namespace (needs root and iproute2)");
+        common::skip("cannot create a network namespace (needs root and iproute2)");
         return;
     };
     let dir = TempDir::new("e2e");

@@ -31,7 +31,7 @@ const FRAMES: usize = 8;
 fn skip() -> bool {
     match netns_unavailable() {
         Some(why) => {
-            eprintln!("skipped: {why}");
+            common::skip(why);
             true
         }
         None => false,

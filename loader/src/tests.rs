@@ -483,10 +483,15 @@ fn guest_images() -> Option<PathBuf> {
 fn guest_image(name: &str) -> Option<PathBuf> {
     let found = guest_images().map(|d| d.join(name)).filter(|p| p.is_file());
     if found.is_none() {
-        println!(
-            "skipping: no guest image {name} (set LAUNCHER_GUEST_IMAGES, put \
+        let why = format!(
+            "no guest image {name} (set LAUNCHER_GUEST_IMAGES, put \
              shared/guest-images beside the checkout, or run guest-images/build.sh)"
         );
+        // Under CI (`CI=true`) every test must run: a skip fails.
+        if std::env::var_os("CI").is_some_and(|v| !v.is_empty() && v != "false") {
+            panic!("skipped under CI, which must run every test: {why}");
+        }
+        println!("skipping: {why}");
     }
     found
 }
