@@ -26,14 +26,15 @@ fn signal(g: &Guest, sig: libc::c_int) {
 #[test]
 fn sigterm_without_a_vmmci_driver_stops_at_once_with_143() {
     let mut g = waiting_guest(&["--vmmci"]);
-    let t0 = Instant::now();
     signal(&g, libc::SIGTERM);
     let status = g.wait_exit(TIMEOUT);
     assert_eq!(status.code(), Some(143), "{}", g.output());
+    // No vmmci driver is up, so the launcher must not have asked the
+    // guest (and waited for vmd's timeouts) but stopped at once.
     assert!(
-        t0.elapsed() < Duration::from_secs(2),
-        "took {:?}: no vmmci timeout may apply",
-        t0.elapsed()
+        !g.stderr().contains("through vmmci"),
+        "asked a guest without a vmmci driver: {}",
+        g.stderr()
     );
     assert!(
         g.stderr().contains("stopped by signal 15"),
