@@ -68,11 +68,15 @@ fn default_scenario_is_hello() {
 #[test]
 fn i8042_reset_reboots_with_the_same_arguments() {
     let t = Instant::now();
-    let mut g = boot(&["scenario=reboot"]);
+    let mut g = boot(&["scenario=reboot", "marker=same-args"]);
     g.wait_for("GUEST-TEST-START", TIMEOUT);
+    let first = g.wait_for("GUEST-CMDLINE", TIMEOUT);
+    assert!(first.contains("marker=same-args"), "{first}");
     g.wait_for("starting boot #2", TIMEOUT);
     // The re-executed launcher boots the same guest and command line.
     g.wait_for("GUEST-TEST-START", TIMEOUT);
+    let second = g.wait_for("GUEST-CMDLINE", TIMEOUT);
+    assert_eq!(second, first, "boot #2's command line");
     g.wait_for("starting boot #3", TIMEOUT);
     eprintln!("reboot (two boots): {:?}", t.elapsed());
     // Dropping the guest kills the launcher, which keeps rebooting.

@@ -39,6 +39,9 @@ fn vmd_profile_has_vmds_ids_order_and_no_virtio_console() {
     }
     let rng = g.wait_for("GUEST-RNG", TIMEOUT);
     assert!(rng.contains("a=") && rng.contains("b="), "{rng}");
+    for bad in ["GUEST-FAIL", "GUEST-PANIC"] {
+        assert!(!g.output().contains(bad), "{}", g.output());
+    }
     let status = g.wait_exit(TIMEOUT);
     assert_eq!(status.code(), Some(0), "{}", g.output());
     assert!(

@@ -66,8 +66,9 @@ fn hello(cmdline: &Cmdline) -> ! {
 }
 
 /// Reboots through the i8042.
-fn reboot(_: &Cmdline) -> ! {
+fn reboot(cmdline: &Cmdline) -> ! {
     println!("GUEST-TEST-START");
+    println!("GUEST-CMDLINE {}", cmdline.as_str());
     power::reboot()
 }
 
