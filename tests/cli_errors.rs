@@ -28,7 +28,9 @@ fn run(args: &[&str]) -> (i32, String) {
         }
         std::thread::sleep(Duration::from_millis(10));
     }
-    let out = child.wait_with_output().expect("collect the launcher's output");
+    let out = child
+        .wait_with_output()
+        .expect("collect the launcher's output");
     let stderr = String::from_utf8_lossy(&out.stderr).to_string();
     assert!(
         !stderr.contains("panicked") && !stderr.contains("internal error"),
