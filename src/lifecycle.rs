@@ -108,10 +108,14 @@ pub fn ask_guest(
         HostAsk::Reboot => Request::Reboot,
     };
     if let Some(Outcome::Sent) = vmmci.map(|v| v.request(req)) {
-        let what = if ask == HostAsk::Reboot {
-            "reboot"
-        } else {
+        let what = if let HostAsk::Shutdown { signal } = ask {
+            // A guest that reboots instead of shutting down must not
+            // dodge the request: `finish` turns that reboot into a stop.
+            PENDING_SHUTDOWN.store(signal, std::sync::atomic::Ordering::SeqCst);
             "shut down"
+        } else {
+            PENDING_SHUTDOWN.store(0, std::sync::atomic::Ordering::SeqCst);
+            "reboot"
         };
         eprintln!("launcher: {why}: asked the guest to {what} through vmmci");
         return "asked the guest through vmmci";
@@ -122,6 +126,10 @@ pub fn ask_guest(
     }
     "done at once"
 }
+
+/// The signal whose shutdown the guest was asked for through vmmci (0:
+/// none): the exit status a reboot of the guest turns into.
+static PENDING_SHUTDOWN: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
 
 /// The event loop's signal subscriber: turns handled signals into
 /// requests through [`ask_guest`]; SIGHUP reboots, the others shut down.
@@ -220,6 +228,16 @@ pub fn exit_code(req: &VmRequest) -> Option<i32> {
 pub fn finish(req: VmRequest, argv: &[OsString]) -> ! {
     terminal::restore();
     cleanup();
+    let pending = PENDING_SHUTDOWN.load(std::sync::atomic::Ordering::SeqCst);
+    let req = match req {
+        VmRequest::Reboot { reason } if pending != 0 => {
+            eprintln!(
+                "launcher: the guest rebooted ({reason}) while asked to shut down; not starting it again"
+            );
+            VmRequest::Signal(pending)
+        }
+        req => req,
+    };
     match &req {
         VmRequest::Poweroff => log::info!("guest powered off"),
         VmRequest::Reboot { reason } => {

@@ -151,3 +151,23 @@ fn repeated_reboots_leak_no_descriptors_or_threads() {
     }
     assert_eq!(samples[0], samples[1], "(fds, threads) at boot #3 and #21");
 }
+
+/// SIGTERM goes to the guest through vmmci; the guest reboots instead of
+/// shutting down. The request stands: the launcher stops with SIGTERM's
+/// status and does not start the guest again.
+#[test]
+fn a_guest_that_reboots_instead_of_shutting_down_is_stopped() {
+    let mut g = start(&["--vmmci", "scenario=vmmci-linux", "onshutdown=reboot"]);
+    g.wait_for("GUEST-VMMCI-READY", TIMEOUT);
+    signal(&g, libc::SIGTERM);
+    g.wait_for("GUEST-VMMCI rebooting instead", TIMEOUT);
+    let status = g.wait_exit(TIMEOUT);
+    assert_eq!(status.code(), Some(143), "{}", g.output());
+    assert!(
+        g.stderr()
+            .contains("while asked to shut down; not starting it again"),
+        "{}",
+        g.stderr()
+    );
+    assert!(!g.output().contains("starting boot #2"), "{}", g.output());
+}

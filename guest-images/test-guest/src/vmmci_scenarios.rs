@@ -12,7 +12,8 @@
 //! Both print `GUEST-VMMCI features=<hex>`, `GUEST-VMMCI time sec=<s>
 //! usec=<us>`, `GUEST-VMMCI-READY`, then wait (~30 s, CMOS clock) for a
 //! command: `GUEST-VMMCI command=<n>`, the ack (`GUEST-VMMCI acked`, not
-//! with `noack=1`, which then spins until the launcher gives up), and a
+//! with `noack=1`, which then spins until the launcher gives up, or reboots
+//! instead of shutting down with `onshutdown=reboot`), and a
 //! power-off for SHUTDOWN (1) or an i8042 reset for REBOOT (2).
 //!
 //! - `reboot-on-input`: prints `GUEST-TEST-START` and reboots when a byte
@@ -164,6 +165,11 @@ fn drive(cmdline: &Cmdline, style: Style) -> ! {
     if cmdline.get_u64("noack") == Some(1) {
         println!("GUEST-VMMCI not acking");
         power::halt_forever()
+    }
+    if command == SHUTDOWN && cmdline.get("onshutdown") == Some("reboot") {
+        // A guest that tries to dodge the host's shutdown.
+        println!("GUEST-VMMCI rebooting instead");
+        power::reboot()
     }
     dev.write(reg::COMMAND, command);
     println!("GUEST-VMMCI acked");

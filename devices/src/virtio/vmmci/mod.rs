@@ -373,16 +373,39 @@ impl VirtioDevice for Vmmci {
         let mut st = self.state();
         st.driver_ok = true;
         st.features = features;
+        // A host request still stands from before the driver's reset: the
+        // new driver hears it and has the short timer to ack it.
+        if let Some(Ending::Host { request, .. }) = st.ending {
+            log::info!("vmmci: a new driver is up; asking again for {request:?}");
+            st.command = request.command();
+            if let Some(s) = &st.signal {
+                s.raise();
+            }
+        }
         Vec::new()
     }
 
     fn reset(&mut self) {
-        // A shutdown under way keeps its timer: the host still wants the
-        // VM gone, whatever the driver does.
+        // A request under way stands, like across the guest's own reboot:
+        // the host still wants it, whatever the driver does. An ack the old
+        // driver gave dies with it, so vmd's short timer runs again.
         let mut st = self.state();
         st.driver_ok = false;
         st.features = 0;
         st.command = command::NONE;
+        if let Some(Ending::Host {
+            request,
+            acked: true,
+        }) = st.ending
+        {
+            log::info!("vmmci: the driver reset with {request:?} acked; waiting for a new ack");
+            st.ending = Some(Ending::Host {
+                request,
+                acked: false,
+            });
+            let t = self.shared.settings.short_timeout;
+            self.shared.arm(&mut st, t);
+        }
     }
 
     fn set_config_signal(&mut self, signal: Arc<dyn ConfigSignal>) {
