@@ -130,13 +130,41 @@ pub const STOP_BLK_LEGACY: Table = &[];
 // ---- virtio-net (`--tunnet` in a namespace): tests/strict_net.rs ----
 
 /// MUSTs broken on virtio-net (modern).
-pub const STOP_NET: Table = &[];
+pub const STOP_NET: Table = &[
+    (
+        "bad-net-feature-missing-prerequisite",
+        "FeatureMissingPrerequisite",
+    ),
+    ("bad-net-tx-too-short", "NetTxTooShort"),
+    ("bad-net-tx-num-buffers", "NetTxNumBuffers"),
+    ("bad-net-tx-flags", "NetTxFlags"),
+    ("bad-net-tx-data-valid", "NetTxFlags"),
+    ("bad-net-tx-gso-not-negotiated", "NetTxGsoNotNegotiated"),
+    ("bad-net-tx-gso-without-csum", "NetTxGsoWithoutCsum"),
+    ("bad-net-tx-gso-size-zero", "NetTxGsoSizeZero"),
+    ("bad-net-tx-csum-outside-packet", "NetTxCsumOutsidePacket"),
+    ("bad-net-rx-buffer-too-short", "NetRxBufferTooShort"),
+];
 
 /// Warnings on virtio-net (modern).
-pub const WARN_NET: Table = &[];
+pub const WARN_NET: Table = &[
+    ("bad-net-tx-ecn-without-host-ecn", "NetTxEcnWithoutHostEcn"),
+    ("bad-net-tx-buffer-writable", "NetTxBufferWritable"),
+    ("bad-net-rx-buffer-small", "NetRxBufferSmall"),
+    ("bad-net-rx-buffer-readable", "NetRxBufferReadable"),
+    ("bad-net-mac-not-accepted", "NetMacNotAccepted"),
+];
 
 /// MUSTs broken on virtio-net behind `--legacy`.
-pub const STOP_NET_LEGACY: Table = &[];
+pub const STOP_NET_LEGACY: Table = &[
+    ("bad-net-legacy-header-not-alone", "NetLegacyHeaderNotAlone"),
+    (
+        "bad-net-legacy-rx-header-not-alone",
+        "NetLegacyHeaderNotAlone",
+    ),
+    ("bad-net-legacy-tx-flags", "NetTxFlags"),
+    ("bad-net-legacy-tx-num-buffers", "NetTxNumBuffers"),
+];
 
 // ---- virtio-console: tests/virtio_strict.rs ----
 
@@ -157,23 +185,7 @@ pub const NOT_COVERED: &[&[(&str, &str)]] = &[NOT_COVERED_CORE, NOT_COVERED_NET,
 
 pub const NOT_COVERED_CORE: &[(&str, &str)] = &[];
 
-pub const NOT_COVERED_NET: &[(&str, &str)] = &[
-    ("NetTxBufferWritable", "scenario not written yet"),
-    ("NetTxTooShort", "scenario not written yet"),
-    ("NetRxBufferReadable", "scenario not written yet"),
-    ("NetRxBufferTooShort", "scenario not written yet"),
-    ("NetRxBufferSmall", "scenario not written yet"),
-    ("NetTxNumBuffers", "scenario not written yet"),
-    ("NetTxFlags", "scenario not written yet"),
-    ("NetTxGsoNotNegotiated", "scenario not written yet"),
-    ("NetTxGsoWithoutCsum", "scenario not written yet"),
-    ("NetTxGsoSizeZero", "scenario not written yet"),
-    ("NetTxCsumOutsidePacket", "scenario not written yet"),
-    ("NetTxEcnWithoutHostEcn", "scenario not written yet"),
-    ("NetMacNotAccepted", "scenario not written yet"),
-    ("NetLegacyHeaderNotAlone", "scenario not written yet"),
-    ("FeatureMissingPrerequisite", "scenario not written yet"),
-];
+pub const NOT_COVERED_NET: &[(&str, &str)] = &[];
 
 pub const NOT_COVERED_BLK: &[(&str, &str)] = &[
     ("BlkDataWrongDirection", "scenario not written yet"),

@@ -16,6 +16,20 @@
 //! pending in the handler, as do chains popped for it, until the driver
 //! posts more buffers; a frame that can never fit is dropped.
 //!
+//! # Strict checks
+//!
+//! Each transmitted header is checked against what the negotiated features
+//! allow ([`header::check_tx`]); each receive chain is checked when the
+//! driver posts it (the handler takes every posted chain at once and holds
+//! it until a frame comes), not only when a frame arrives. Both queues
+//! check the legacy layout rule (§5.1.6.6) when it applies ([`Negotiated`]).
+//! A broken MUST is returned, which ends the worker and is reported; a
+//! lesser finding goes through [`CheckedQueue::warn`] and the frame or
+//! buffer is handled as well as it can be (a buffer of the wrong direction
+//! is ignored, a receive chain too short for any frame is given back
+//! empty). What the driver got wrong in negotiation that only the device
+//! knows about ([`Findings`]) is reported by whichever handler runs first.
+//!
 //! # Waiting for the tap without spinning
 //!
 //! The queue's worker waits, level-triggered, on the guest's kick eventfd
@@ -38,20 +52,102 @@
 use std::collections::VecDeque;
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
+use virtio_bindings::bindings::virtio_config::VIRTIO_F_ANY_LAYOUT;
+use virtio_bindings::bindings::virtio_net::{
+    VIRTIO_NET_F_GUEST_TSO4, VIRTIO_NET_F_GUEST_TSO6, VIRTIO_NET_F_GUEST_UFO,
+    VIRTIO_NET_F_MRG_RXBUF,
+};
 use vm_memory::{Bytes, GuestMemoryError, GuestMemoryMmap};
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 
-use super::{SharedBackend, MAX_FRAME, VNET_HDR_LEN};
+use super::header::{self, NetHdr};
+use super::{SharedBackend, LEGACY_HDR_LEN, MAX_FRAME, VNET_HDR_LEN};
 use crate::bus::lock;
-use crate::virtio::device::QueueHandler;
+use crate::virtio::device::{feature, QueueHandler};
 use crate::virtio::queue::{Chain, CheckedQueue};
 use crate::virtio::rules::{Rule, Violation};
 
 /// Frames delivered per call at most, so the worker interrupts the guest
 /// and looks at its stop event now and then during a flood.
 const RX_BUDGET: usize = 64;
+/// Receive buffers a driver without MRG_RXBUF should post, in bytes:
+/// a whole frame (§5.1.6.3.1) ...
+const RX_MIN: u64 = 1526;
+/// ... or a whole segmentation-offloaded one with GUEST_TSO4/TSO6/UFO.
+const RX_MIN_GSO: u64 = 65562;
+
+/// What the negotiated features mean for the buffers of both queues.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Negotiated {
+    pub features: u64,
+    /// The header the driver uses: 12 bytes, or 10 for a legacy driver
+    /// without MRG_RXBUF (§5.1.6.1).
+    pub hdr_len: usize,
+    /// VIRTIO_NET_F_MRG_RXBUF.
+    pub mergeable: bool,
+    /// A legacy driver without VIRTIO_F_ANY_LAYOUT must put the header
+    /// alone in the first descriptor of every chain (§5.1.6.6). (A driver
+    /// without VERSION_1 is a legacy one: a modern driver must accept it.)
+    pub header_alone: bool,
+    /// Without MRG_RXBUF, the receive chain length the driver should post.
+    pub rx_min: u64,
+}
+
+impl Negotiated {
+    pub(super) fn new(features: u64) -> Self {
+        let has = |bit: u32| features & (1u64 << bit) != 0;
+        let mergeable = has(VIRTIO_NET_F_MRG_RXBUF);
+        let modern = features & feature::VERSION_1 != 0;
+        let gso = [
+            VIRTIO_NET_F_GUEST_TSO4,
+            VIRTIO_NET_F_GUEST_TSO6,
+            VIRTIO_NET_F_GUEST_UFO,
+        ];
+        Negotiated {
+            features,
+            hdr_len: if mergeable || modern {
+                VNET_HDR_LEN
+            } else {
+                LEGACY_HDR_LEN
+            },
+            mergeable,
+            header_alone: !modern && !has(VIRTIO_F_ANY_LAYOUT),
+            rx_min: if gso.into_iter().any(has) {
+                RX_MIN_GSO
+            } else {
+                RX_MIN
+            },
+        }
+    }
+}
+
+/// Findings about the negotiated features that the device makes at
+/// DRIVER_OK, when [`VirtioDevice::activate`](crate::virtio::device::VirtioDevice::activate)
+/// has no way to report them: the first handler to run reports them
+/// through its queue (warnings with [`CheckedQueue::warn`], a MUST as its
+/// error), so each is reported once per activation.
+pub(super) struct Findings(Mutex<Vec<Violation>>);
+
+impl Findings {
+    pub(super) fn new(found: Vec<Violation>) -> Self {
+        Findings(Mutex::new(found))
+    }
+
+    fn report(&self, queue: &mut CheckedQueue) -> Result<(), Violation> {
+        let found = std::mem::take(&mut *lock(&self.0));
+        let mut fatal = None;
+        for v in found {
+            if v.is_fatal() {
+                fatal.get_or_insert(v);
+            } else {
+                queue.warn(v.rule, v.detail);
+            }
+        }
+        fatal.map_or(Ok(()), Err)
+    }
+}
 
 /// The receive queue's wake-up descriptor: an epoll instance that contains
 /// the backend only while the handler wants its frames.
@@ -107,17 +203,19 @@ pub(super) struct RxQueue {
     backend: SharedBackend,
     gate: Arc<RxGate>,
     gate_open: bool,
-    mergeable: bool,
-    /// The header the driver expects: 12, or 10 for a legacy driver
-    /// without MRG_RXBUF.
-    hdr_len: usize,
+    negotiated: Negotiated,
+    findings: Arc<Findings>,
     /// `MAX_FRAME` bytes; the pending frame, in the driver's header format,
     /// is its first `pending` bytes.
     frame: Vec<u8>,
     pending: usize,
-    /// Chains popped and checked but not used yet (waiting for enough of
-    /// them to hold a merged frame, or left by a dropped frame).
+    /// Chains popped and checked but not used yet (posted ahead of any
+    /// frame, waiting for enough of them to hold a merged frame, or left
+    /// by a dropped frame).
     held: VecDeque<Chain>,
+    /// A chain too short for any frame was given back empty since the
+    /// last `process` returned: the driver may want an interrupt.
+    gave_back: bool,
     /// The backend failed for good: receiving stops until a reset.
     dead: bool,
 }
@@ -126,8 +224,8 @@ impl RxQueue {
     pub(super) fn new(
         backend: SharedBackend,
         gate: Arc<RxGate>,
-        mergeable: bool,
-        hdr_len: usize,
+        negotiated: Negotiated,
+        findings: Arc<Findings>,
     ) -> Self {
         // A previous activation may have left the gate closed.
         let gate_open = match gate.open() {
@@ -141,11 +239,12 @@ impl RxQueue {
             backend,
             gate,
             gate_open,
-            mergeable,
-            hdr_len,
+            negotiated,
+            findings,
             frame: vec![0; MAX_FRAME],
             pending: 0,
             held: VecDeque::new(),
+            gave_back: false,
             dead: false,
         }
     }
@@ -168,6 +267,7 @@ impl RxQueue {
     /// Reads the next frame from the backend into `frame`; false when none
     /// is waiting.
     fn fetch(&mut self) -> bool {
+        let hdr_len = self.negotiated.hdr_len;
         loop {
             let r = lock(&self.backend).read_frame(&mut self.frame);
             match r {
@@ -175,10 +275,10 @@ impl RxQueue {
                     log::debug!("virtio-net: dropped a {n}-byte read from the backend: no frame");
                 }
                 Ok(n) => {
-                    let short = VNET_HDR_LEN - self.hdr_len;
+                    let short = VNET_HDR_LEN - hdr_len;
                     if short > 0 {
                         // A legacy header lacks num_buffers.
-                        self.frame.copy_within(VNET_HDR_LEN..n, self.hdr_len);
+                        self.frame.copy_within(VNET_HDR_LEN..n, hdr_len);
                     }
                     self.pending = n - short;
                     return true;
@@ -196,41 +296,79 @@ impl RxQueue {
         }
     }
 
-    /// Pops one more receive chain onto `held`, checking its shape; false
-    /// when the driver has none.
+    /// Pops chains until one that can take a frame is held; false when the
+    /// driver has none. A chain that can never take one (shorter than a
+    /// header and a byte, allowed only without MRG_RXBUF) is given back
+    /// empty after its warning, so it cannot block the queue.
     fn take_chain(
         &mut self,
         queue: &mut CheckedQueue,
         mem: &GuestMemoryMmap,
     ) -> Result<bool, Violation> {
-        let Some(chain) = queue.pop(mem)? else {
-            return Ok(false);
-        };
+        while let Some(chain) = queue.pop(mem)? {
+            if self.check_chain(&chain, queue)? {
+                self.held.push_back(chain);
+                return Ok(true);
+            }
+            queue.add_used(mem, chain.head, 0)?;
+            self.gave_back = true;
+        }
+        Ok(false)
+    }
+
+    /// Checks a receive chain's shape (§5.1.6.3.1, §5.1.6.6); whether it
+    /// can take a frame.
+    fn check_chain(&self, chain: &Chain, queue: &mut CheckedQueue) -> Result<bool, Violation> {
+        let n = self.negotiated;
+        let head = chain.head;
         if let Some(b) = chain.readable().next() {
-            return Err(Violation::new(
+            queue.warn(
                 Rule::NetRxBufferReadable,
                 format!(
-                    "receive chain {} has a device-readable buffer ({} bytes at {:#x})",
-                    chain.head, b.len, b.addr.0
+                    "receive chain {head} has a device-readable buffer ({} bytes at {:#x}); the device ignores it",
+                    b.len, b.addr.0
                 ),
-            ));
+            );
+        }
+        if n.header_alone {
+            let first = chain.writable().next().map_or(0, |b| b.len);
+            if first as usize != n.hdr_len {
+                return Err(Violation::new(
+                    Rule::NetLegacyHeaderNotAlone,
+                    format!(
+                        "receive chain {head} starts with a {first}-byte buffer, not the {}-byte virtio-net header alone, and VIRTIO_F_ANY_LAYOUT was not negotiated",
+                        n.hdr_len
+                    ),
+                ));
+            }
         }
         let len = chain.writable_len();
-        if len < self.hdr_len as u64 {
-            return Err(Violation::new(
-                Rule::NetRxBufferTooShort,
-                format!(
-                    "receive chain {} holds {len} bytes, less than the {}-byte virtio-net header",
-                    chain.head, self.hdr_len
-                ),
-            ));
+        if n.mergeable {
+            if len < n.hdr_len as u64 {
+                return Err(Violation::new(
+                    Rule::NetRxBufferTooShort,
+                    format!(
+                        "receive chain {head} holds {len} bytes, less than the {}-byte virtio-net header",
+                        n.hdr_len
+                    ),
+                ));
+            }
+            return Ok(true);
         }
-        self.held.push_back(chain);
-        Ok(true)
+        if len < n.rx_min {
+            queue.warn(
+                Rule::NetRxBufferSmall,
+                format!(
+                    "receive chain {head} holds {len} bytes, less than the {} a whole frame needs without VIRTIO_NET_F_MRG_RXBUF",
+                    n.rx_min
+                ),
+            );
+        }
+        Ok(len > n.hdr_len as u64)
     }
 
     fn set_num_buffers(&mut self, n: u16) {
-        if self.hdr_len == VNET_HDR_LEN {
+        if self.negotiated.hdr_len == VNET_HDR_LEN {
             self.frame[10..12].copy_from_slice(&n.to_le_bytes());
         }
     }
@@ -319,12 +457,15 @@ impl QueueHandler for RxQueue {
         queue: &mut CheckedQueue,
         mem: &GuestMemoryMmap,
     ) -> Result<bool, Violation> {
-        let mut used = false;
+        self.findings.report(queue)?;
+        // Take (and so check) what the driver posted, frame or no frame.
+        while self.take_chain(queue, mem)? {}
+        let mut used = std::mem::take(&mut self.gave_back);
         for _ in 0..RX_BUDGET {
             if self.pending == 0 && (self.dead || !self.fetch()) {
                 break;
             }
-            let delivery = if self.mergeable {
+            let delivery = if self.negotiated.mergeable {
                 self.deliver_merged(queue, mem)?
             } else {
                 self.deliver_one(queue, mem)?
@@ -334,13 +475,13 @@ impl QueueHandler for RxQueue {
                 Delivery::Dropped => {}
                 Delivery::Stalled => {
                     self.set_gate(false);
-                    return Ok(used);
+                    return Ok(used || std::mem::take(&mut self.gave_back));
                 }
             }
             self.pending = 0;
         }
         self.set_gate(!self.dead);
-        Ok(used)
+        Ok(used || std::mem::take(&mut self.gave_back))
     }
 
     fn backend_fd(&self) -> Option<RawFd> {
@@ -351,7 +492,8 @@ impl QueueHandler for RxQueue {
 /// transmitq for one activation.
 pub(super) struct TxQueue {
     backend: SharedBackend,
-    hdr_len: usize,
+    negotiated: Negotiated,
+    findings: Arc<Findings>,
     /// The frame being sent, always with a 12-byte header.
     buf: Vec<u8>,
     /// A backend error was logged as a warning; later ones go to debug.
@@ -359,10 +501,15 @@ pub(super) struct TxQueue {
 }
 
 impl TxQueue {
-    pub(super) fn new(backend: SharedBackend, hdr_len: usize) -> Self {
+    pub(super) fn new(
+        backend: SharedBackend,
+        negotiated: Negotiated,
+        findings: Arc<Findings>,
+    ) -> Self {
         Self {
             backend,
-            hdr_len,
+            negotiated,
+            findings,
             buf: Vec::with_capacity(MAX_FRAME),
             warned: false,
         }
@@ -376,7 +523,8 @@ impl TxQueue {
         mem: &GuestMemoryMmap,
         len: usize,
     ) -> Result<(), Violation> {
-        let short = VNET_HDR_LEN - self.hdr_len;
+        let hdr_len = self.negotiated.hdr_len;
+        let short = VNET_HDR_LEN - hdr_len;
         self.buf.clear();
         self.buf.resize(len + short, 0);
         let mut at = 0;
@@ -387,8 +535,8 @@ impl TxQueue {
             at += n;
         }
         if short > 0 {
-            self.buf.copy_within(self.hdr_len..len, VNET_HDR_LEN);
-            self.buf[self.hdr_len..VNET_HDR_LEN].fill(0);
+            self.buf.copy_within(hdr_len..len, VNET_HDR_LEN);
+            self.buf[hdr_len..VNET_HDR_LEN].fill(0);
         }
         Ok(())
     }
@@ -410,6 +558,80 @@ impl TxQueue {
             Err(e) => log::debug!("virtio-net: sending a frame: {e}; dropped"),
         }
     }
+
+    /// Checks one transmit chain and sends its frame.
+    fn transmit(
+        &mut self,
+        chain: &Chain,
+        queue: &mut CheckedQueue,
+        mem: &GuestMemoryMmap,
+    ) -> Result<(), Violation> {
+        let n = self.negotiated;
+        let head = chain.head;
+        let v =
+            |rule, detail: String| Violation::new(rule, format!("transmit chain {head}{detail}"));
+        if let Some(b) = chain.writable().next() {
+            queue.warn(
+                Rule::NetTxBufferWritable,
+                format!(
+                    "transmit chain {head} has a device-writable buffer ({} bytes at {:#x}); the device ignores it",
+                    b.len, b.addr.0
+                ),
+            );
+        }
+        let len = chain.readable_len();
+        if len < n.hdr_len as u64 {
+            return Err(v(
+                Rule::NetTxTooShort,
+                format!(
+                    " holds {len} bytes, less than the {}-byte virtio-net header",
+                    n.hdr_len
+                ),
+            ));
+        }
+        if n.header_alone {
+            let first = chain.readable().next().map_or(0, |b| b.len);
+            if first as usize != n.hdr_len {
+                return Err(v(
+                    Rule::NetLegacyHeaderNotAlone,
+                    format!(
+                        " starts with a {first}-byte buffer, not the {}-byte virtio-net header alone, and VIRTIO_F_ANY_LAYOUT was not negotiated",
+                        n.hdr_len
+                    ),
+                ));
+            }
+        }
+        let max = MAX_FRAME - VNET_HDR_LEN + n.hdr_len;
+        let fits = usize::try_from(len).ok().filter(|&l| l <= max);
+        let hdr = match fits {
+            Some(l) => {
+                self.gather(chain, mem, l)?;
+                NetHdr::parse(&self.buf[..n.hdr_len])
+            }
+            None => NetHdr::parse(
+                &chain
+                    .read_all(mem, n.hdr_len)
+                    .map_err(|e| memory_violation(chain, e))?,
+            ),
+        };
+        let Some(hdr) = hdr else {
+            return Err(v(Rule::NetTxTooShort, ": no virtio-net header".into()));
+        };
+        match header::check_tx(&hdr, len - n.hdr_len as u64, n.features) {
+            Err((rule, detail)) => return Err(v(rule, format!(": {detail}"))),
+            Ok(Some((rule, detail))) => {
+                queue.warn(rule, format!("transmit chain {head}: {detail}"))
+            }
+            Ok(None) => {}
+        }
+        match fits {
+            Some(_) => self.send(),
+            None => log::debug!(
+                "virtio-net: dropped a {len}-byte frame from the driver: larger than {max}"
+            ),
+        }
+        Ok(())
+    }
 }
 
 impl QueueHandler for TxQueue {
@@ -418,37 +640,10 @@ impl QueueHandler for TxQueue {
         queue: &mut CheckedQueue,
         mem: &GuestMemoryMmap,
     ) -> Result<bool, Violation> {
+        self.findings.report(queue)?;
         let mut used = false;
         while let Some(chain) = queue.pop(mem)? {
-            if let Some(b) = chain.writable().next() {
-                return Err(Violation::new(
-                    Rule::NetTxBufferWritable,
-                    format!(
-                        "transmit chain {} has a device-writable buffer ({} bytes at {:#x})",
-                        chain.head, b.len, b.addr.0
-                    ),
-                ));
-            }
-            let len = chain.readable_len();
-            if len < self.hdr_len as u64 {
-                return Err(Violation::new(
-                    Rule::NetTxTooShort,
-                    format!(
-                        "transmit chain {} holds {len} bytes, less than the {}-byte virtio-net header",
-                        chain.head, self.hdr_len
-                    ),
-                ));
-            }
-            let max = MAX_FRAME - VNET_HDR_LEN + self.hdr_len;
-            match usize::try_from(len) {
-                Ok(len) if len <= max => {
-                    self.gather(&chain, mem, len)?;
-                    self.send();
-                }
-                _ => log::debug!(
-                    "virtio-net: dropped a {len}-byte frame from the driver: larger than {max}"
-                ),
-            }
+            self.transmit(&chain, queue, mem)?;
             queue.add_used(mem, chain.head, 0)?;
             used = true;
         }
@@ -474,7 +669,9 @@ mod tests {
     use std::sync::Mutex;
     use std::time::{Duration, Instant};
 
-    use virtio_bindings::bindings::virtio_net::VIRTIO_NET_F_MRG_RXBUF;
+    use virtio_bindings::bindings::virtio_net::{
+        VIRTIO_NET_F_CSUM, VIRTIO_NET_F_GUEST_CSUM, VIRTIO_NET_F_HOST_TSO4, VIRTIO_NET_F_MAC,
+    };
     use virtio_bindings::bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
     use virtio_queue::desc::split::Descriptor;
     use virtio_queue::desc::RawDescriptor;
@@ -495,8 +692,13 @@ mod tests {
     const USED: u64 = 0x400;
     const NEXT: u16 = VRING_DESC_F_NEXT as u16;
     const WRITE: u16 = VRING_DESC_F_WRITE as u16;
-    const V1: u64 = feature::VERSION_1;
-    const MRG: u64 = feature::VERSION_1 | 1 << VIRTIO_NET_F_MRG_RXBUF;
+    const MAC: u64 = 1 << VIRTIO_NET_F_MAC;
+    const V1: u64 = feature::VERSION_1 | MAC;
+    const MRG: u64 = V1 | 1 << VIRTIO_NET_F_MRG_RXBUF;
+    const CSUM: u64 = 1 << VIRTIO_NET_F_CSUM;
+    const TSO4: u64 = CSUM | 1 << VIRTIO_NET_F_HOST_TSO4;
+    /// A legacy driver that lets header and data share a buffer.
+    const LEGACY: u64 = MAC | 1 << VIRTIO_F_ANY_LAYOUT;
 
     /// One end of a SOCK_SEQPACKET pair standing in for a tap: one
     /// message per frame, non-blocking, pollable.
@@ -553,6 +755,13 @@ mod tests {
     fn frame(len: usize, seed: u8) -> Vec<u8> {
         let mut f: Vec<u8> = (0..len).map(|i| (i as u8).wrapping_mul(7) ^ seed).collect();
         f[..12].copy_from_slice(&[1, 0, 54, 0, 0, 0, 34, 0, 16, 0, 0, 0]);
+        f
+    }
+
+    /// A frame a driver sends without offloads: an all-zero header.
+    fn plain(len: usize, seed: u8) -> Vec<u8> {
+        let mut f = frame(len, seed);
+        f[..12].fill(0);
         f
     }
 
@@ -651,19 +860,20 @@ mod tests {
     #[test]
     fn tx_gathers_each_chain_into_one_frame() {
         let mem = ram();
-        let (mut peer, _rx, mut tx) = device(V1);
-        let (mut drv, mut q) = Driver::new(&mem, 1, V1);
+        let (mut peer, _rx, mut tx) = device(V1 | CSUM);
+        let (mut drv, mut q) = Driver::new(&mem, 1, V1 | CSUM);
         let f = frame(100, 3);
         // Header and frame split at odd places, as §2.4.4 allows.
         mem.write_slice(&f[..5], GuestAddress(0x1000)).unwrap();
         mem.write_slice(&f[5..35], GuestAddress(0x2000)).unwrap();
         mem.write_slice(&f[35..], GuestAddress(0x3000)).unwrap();
         let a = drv.post(&[(0x1000, 5, false), (0x2000, 30, false), (0x3000, 65, false)]);
-        let g = frame(60, 9);
+        let g = plain(60, 9);
         mem.write_slice(&g, GuestAddress(0x4000)).unwrap();
         let b = drv.post(&[(0x4000, 60, false)]);
 
         assert!(tx.process(&mut q, &mem).unwrap());
+        assert_eq!(q.take_warnings(), vec![]);
         assert_eq!(recv(&mut peer).unwrap(), f);
         assert_eq!(recv(&mut peer).unwrap(), g);
         assert_eq!(recv(&mut peer), None);
@@ -673,16 +883,26 @@ mod tests {
     }
 
     #[test]
-    fn tx_writable_buffer_is_wrong_direction() {
+    fn tx_writable_buffer_is_warned_and_ignored() {
         let mem = ram();
-        let (_peer, _rx, mut tx) = device(V1);
+        let (mut peer, _rx, mut tx) = device(V1);
         let (mut drv, mut q) = Driver::new(&mem, 1, V1);
-        drv.post(&[(0x1000, 64, false), (0x2000, 16, true)]);
-        expect(
-            tx.process(&mut q, &mem),
-            Rule::NetTxBufferWritable,
-            "transmit chain 0 has a device-writable buffer (16 bytes at 0x2000)",
+        let f = plain(64, 2);
+        mem.write_slice(&f, GuestAddress(0x1000)).unwrap();
+        let head = drv.post(&[(0x1000, 64, false), (0x2000, 16, true)]);
+        assert!(tx.process(&mut q, &mem).unwrap());
+        let w = q.take_warnings();
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert_eq!(w[0].rule, Rule::NetTxBufferWritable);
+        assert!(
+            w[0].detail
+                .contains("transmit chain 0 has a device-writable buffer (16 bytes at 0x2000)"),
+            "{}",
+            w[0]
         );
+        // The frame is the readable part alone, and nothing was written.
+        assert_eq!(recv(&mut peer).unwrap(), f);
+        assert_eq!(drv.used(), vec![(head, 0)]);
     }
 
     #[test]
@@ -841,24 +1061,35 @@ mod tests {
     }
 
     #[test]
-    fn rx_readable_buffer_is_wrong_direction() {
+    fn rx_readable_buffer_is_warned_and_ignored() {
         let mem = ram();
         let (mut peer, mut rx, _tx) = device(V1);
         let (mut drv, mut q) = Driver::new(&mem, 0, V1);
-        drv.post(&[(0x1000, 12, false), (0x2000, 1514, true)]);
-        peer.write_all(&frame(60, 1)).unwrap();
-        expect(
-            rx.process(&mut q, &mem),
-            Rule::NetRxBufferReadable,
-            "receive chain 0 has a device-readable buffer (12 bytes at 0x1000)",
+        mem.write_slice(&[0xaa; 12], GuestAddress(0x1000)).unwrap();
+        let head = drv.post(&[(0x1000, 12, false), (0x2000, 1526, true)]);
+        let f = frame(60, 1);
+        peer.write_all(&f).unwrap();
+        assert!(rx.process(&mut q, &mem).unwrap());
+        let w = q.take_warnings();
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert_eq!(w[0].rule, Rule::NetRxBufferReadable);
+        assert!(
+            w[0].detail
+                .contains("receive chain 0 has a device-readable buffer (12 bytes at 0x1000)"),
+            "{}",
+            w[0]
         );
+        assert_eq!(drv.used(), vec![(head, 60)]);
+        assert_eq!(get(&mem, 0x1000, 12), [0xaa; 12], "left alone");
+        assert_eq!(get(&mem, 0x2000 + 12, 48), f[12..]);
     }
 
     #[test]
     fn legacy_driver_without_mrg_rxbuf_uses_a_10_byte_header() {
         let mem = ram();
-        let (mut peer, mut rx, mut tx) = device(0);
-        let (mut drv_rx, mut rq) = Driver::new(&mem, 0, 0);
+        let features = LEGACY | CSUM;
+        let (mut peer, mut rx, mut tx) = device(features);
+        let (mut drv_rx, mut rq) = Driver::new(&mem, 0, features);
         let f = frame(80, 1);
         peer.write_all(&f).unwrap();
         let head = drv_rx.post(&[(0x1000, 1526, true)]);
@@ -868,13 +1099,337 @@ mod tests {
         assert_eq!((&got[..10], &got[10..]), (&f[..10], &f[12..]));
 
         let mem = ram();
-        let (mut drv_tx, mut tq) = Driver::new(&mem, 1, 0);
+        let (mut drv_tx, mut tq) = Driver::new(&mem, 1, features);
         mem.write_slice(&got, GuestAddress(0x1000)).unwrap();
         drv_tx.post(&[(0x1000, 78, false)]);
         assert!(tx.process(&mut tq, &mem).unwrap());
         let mut want = f.clone();
         want[10..12].fill(0);
         assert_eq!(recv(&mut peer).unwrap(), want);
+    }
+
+    // --- strict checks ---
+
+    /// Sends one frame of `packet` behind `hdr` (as one buffer) through a
+    /// device activated with `features`; what `process` said, the warnings
+    /// and whether the frame reached the host.
+    fn send_one(
+        features: u64,
+        hdr: NetHdr,
+        packet: &[u8],
+    ) -> (Result<bool, Violation>, Vec<Violation>, bool) {
+        let mem = ram();
+        let (mut peer, _rx, mut tx) = device(features);
+        let (mut drv, mut q) = Driver::new(&mem, 1, features);
+        let mut f = hdr.to_bytes();
+        f.extend_from_slice(packet);
+        mem.write_slice(&f, GuestAddress(0x1000)).unwrap();
+        drv.post(&[(0x1000, f.len() as u32, false)]);
+        let r = tx.process(&mut q, &mem);
+        (r, q.take_warnings(), recv(&mut peer).is_some())
+    }
+
+    /// The header Linux's `xmit_skb` writes for a TSO segment of a TCP/IPv4
+    /// stream: NEEDS_CSUM at the TCP checksum, gso_size the MSS.
+    fn tso4_header() -> NetHdr {
+        NetHdr {
+            flags: 1,
+            gso_type: 1,
+            hdr_len: 66,
+            gso_size: 1448,
+            csum_start: 34,
+            csum_offset: 16,
+            num_buffers: Some(0),
+        }
+    }
+
+    #[test]
+    fn tx_what_linux_sends_passes_and_is_sent() {
+        for (features, hdr, len) in [
+            (
+                V1,
+                NetHdr {
+                    num_buffers: Some(0),
+                    ..NetHdr::default()
+                },
+                60,
+            ),
+            (
+                MRG | CSUM,
+                NetHdr {
+                    flags: 1,
+                    csum_start: 34,
+                    csum_offset: 6,
+                    num_buffers: Some(0),
+                    ..NetHdr::default()
+                },
+                60,
+            ),
+            (MRG | TSO4, tso4_header(), 3000),
+        ] {
+            let (r, w, sent) = send_one(features, hdr, &plain(len, 1)[12..]);
+            assert_eq!((r, w, sent), (Ok(true), vec![], true), "{hdr:?}");
+        }
+    }
+
+    #[test]
+    fn tx_header_rules_stop_the_frame() {
+        let packet = plain(3000, 1);
+        let packet = &packet[12..];
+        for (features, hdr, rule, needle) in [
+            (
+                V1,
+                NetHdr {
+                    num_buffers: Some(3),
+                    ..NetHdr::default()
+                },
+                Rule::NetTxNumBuffers,
+                "transmit chain 0: num_buffers is 3",
+            ),
+            (
+                V1,
+                NetHdr {
+                    flags: 1,
+                    num_buffers: Some(0),
+                    ..NetHdr::default()
+                },
+                Rule::NetTxFlags,
+                "flags 0x01 but VIRTIO_NET_F_CSUM was not negotiated",
+            ),
+            (
+                V1 | CSUM,
+                NetHdr {
+                    flags: 2,
+                    num_buffers: Some(0),
+                    ..NetHdr::default()
+                },
+                Rule::NetTxFlags,
+                "DATA_VALID",
+            ),
+            (
+                V1 | CSUM,
+                tso4_header(),
+                Rule::NetTxGsoNotNegotiated,
+                "none of HOST_TSO4",
+            ),
+            (
+                V1 | TSO4,
+                NetHdr {
+                    gso_type: 4,
+                    ..tso4_header()
+                },
+                Rule::NetTxGsoNotNegotiated,
+                "(TCPV6/HOST_TSO6) without its feature",
+            ),
+            (
+                V1 | TSO4,
+                NetHdr {
+                    flags: 0,
+                    ..tso4_header()
+                },
+                Rule::NetTxGsoWithoutCsum,
+                "no VIRTIO_NET_HDR_F_NEEDS_CSUM",
+            ),
+            (
+                V1 | TSO4,
+                NetHdr {
+                    gso_size: 0,
+                    ..tso4_header()
+                },
+                Rule::NetTxGsoSizeZero,
+                "gso_size 0",
+            ),
+            (
+                V1 | TSO4,
+                NetHdr {
+                    csum_start: 2980,
+                    ..tso4_header()
+                },
+                Rule::NetTxCsumOutsidePacket,
+                "csum_start 2980 + csum_offset 16 + 2 = 2998, beyond the 2988-byte packet",
+            ),
+        ] {
+            let (r, _, sent) = send_one(features, hdr, packet);
+            expect(r, rule, needle);
+            assert!(!sent, "{rule:?}: the frame was sent");
+        }
+    }
+
+    #[test]
+    fn tx_ecn_without_host_ecn_is_a_warning_and_the_frame_goes() {
+        let hdr = NetHdr {
+            gso_type: 0x81,
+            ..tso4_header()
+        };
+        let (r, w, sent) = send_one(V1 | TSO4, hdr, &plain(3000, 1)[12..]);
+        assert_eq!((r, sent), (Ok(true), true));
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert_eq!(w[0].rule, Rule::NetTxEcnWithoutHostEcn);
+        assert!(
+            w[0].detail.contains("transmit chain 0: gso_type 0x81"),
+            "{}",
+            w[0]
+        );
+    }
+
+    #[test]
+    fn legacy_headers_are_checked_in_their_own_size() {
+        // 10 bytes without MRG_RXBUF: no num_buffers, so bytes 10..12 are
+        // the packet's, whatever they hold.
+        let legacy = NetHdr {
+            num_buffers: None,
+            ..NetHdr::default()
+        };
+        let mut packet = plain(60, 1)[12..].to_vec();
+        packet[..2].copy_from_slice(&[7, 7]);
+        assert_eq!(send_one(LEGACY, legacy, &packet).0, Ok(true));
+        let (r, _, _) = send_one(LEGACY, NetHdr { flags: 1, ..legacy }, &packet);
+        expect(r, Rule::NetTxFlags, "flags 0x01");
+        // With MRG_RXBUF the legacy header has num_buffers too.
+        let mrg = LEGACY | 1 << VIRTIO_NET_F_MRG_RXBUF;
+        let (r, _, _) = send_one(
+            mrg,
+            NetHdr {
+                num_buffers: Some(1),
+                ..legacy
+            },
+            &packet,
+        );
+        expect(r, Rule::NetTxNumBuffers, "num_buffers is 1");
+    }
+
+    #[test]
+    fn legacy_header_alone_without_any_layout() {
+        let f = plain(60, 4);
+        let legacy_hdr = &f[..10];
+        let data = &f[12..];
+        let mem = ram();
+        mem.write_slice(legacy_hdr, GuestAddress(0x1000)).unwrap();
+        mem.write_slice(data, GuestAddress(0x2000)).unwrap();
+        mem.write_slice(&[legacy_hdr, data].concat(), GuestAddress(0x3000))
+            .unwrap();
+        // Header alone, then the data: fine; with ANY_LAYOUT, one buffer is too.
+        for (features, bufs) in [
+            (MAC, vec![(0x1000, 10, false), (0x2000, 48, false)]),
+            (LEGACY, vec![(0x3000, 58, false)]),
+        ] {
+            let (mut peer, _rx, mut tx) = device(features);
+            let (mut drv, mut q) = Driver::new(&mem, 1, features);
+            drv.post(&bufs);
+            assert!(tx.process(&mut q, &mem).unwrap(), "{bufs:?}");
+            assert_eq!(recv(&mut peer).unwrap(), f);
+        }
+        let (_peer, _rx, mut tx) = device(MAC);
+        let (mut drv, mut q) = Driver::new(&mem, 1, MAC);
+        drv.post(&[(0x3000, 58, false)]);
+        expect(
+            tx.process(&mut q, &mem),
+            Rule::NetLegacyHeaderNotAlone,
+            "transmit chain 0 starts with a 58-byte buffer, not the 10-byte virtio-net header alone",
+        );
+
+        // Receive, the same: header alone passes, one buffer does not.
+        let (_peer, mut rx, _tx) = device(MAC);
+        let (mut drv, mut q) = Driver::new(&mem, 0, MAC);
+        drv.post(&[(0x4000, 10, true), (0x5000, 1518, true)]);
+        assert!(!rx.process(&mut q, &mem).unwrap());
+        drv.post(&[(0x6000, 1528, true)]);
+        expect(
+            rx.process(&mut q, &mem),
+            Rule::NetLegacyHeaderNotAlone,
+            "receive chain 2 starts with a 1528-byte buffer",
+        );
+    }
+
+    #[test]
+    fn rx_buffers_are_checked_when_posted() {
+        // No frame arrives: the short buffer is found all the same.
+        let mem = ram();
+        let (_peer, mut rx, _tx) = device(MRG);
+        let (mut drv, mut q) = Driver::new(&mem, 0, MRG);
+        drv.post(&[(0x1000, 1526, true)]);
+        assert!(!rx.process(&mut q, &mem).unwrap());
+        drv.post(&[(0x2000, 8, true)]);
+        expect(
+            rx.process(&mut q, &mem),
+            Rule::NetRxBufferTooShort,
+            "receive chain 1 holds 8 bytes",
+        );
+    }
+
+    #[test]
+    fn rx_small_buffers_without_mrg_rxbuf_are_a_warning() {
+        let mem = ram();
+        let (mut peer, mut rx, _tx) = device(V1);
+        let (mut drv, mut q) = Driver::new(&mem, 0, V1);
+        // Too short for any frame: given back empty; short for a full
+        // frame: used for the frames that fit.
+        let tiny = drv.post(&[(0x1000, 8, true)]);
+        let small = drv.post(&[(0x2000, 512, true)]);
+        assert!(rx.process(&mut q, &mem).unwrap());
+        assert_eq!(drv.used(), vec![(tiny, 0)]);
+        let w = q.take_warnings();
+        assert_eq!(
+            w.iter().map(|v| v.rule).collect::<Vec<_>>(),
+            [Rule::NetRxBufferSmall, Rule::NetRxBufferSmall]
+        );
+        assert!(
+            w[1].detail
+                .contains("receive chain 1 holds 512 bytes, less than the 1526"),
+            "{}",
+            w[1]
+        );
+        peer.write_all(&frame(100, 1)).unwrap();
+        assert!(rx.process(&mut q, &mem).unwrap());
+        assert_eq!(drv.used(), vec![(small, 100)]);
+        // With guest TSO the driver should post room for 64 KiB.
+        let gso = V1 | 1 << VIRTIO_NET_F_GUEST_CSUM | 1 << VIRTIO_NET_F_GUEST_TSO4;
+        let (_peer, mut rx, _tx) = device(gso);
+        let (mut drv, mut q) = Driver::new(&mem, 0, gso);
+        drv.post(&[(0x1000, 1526, true)]);
+        assert!(!rx.process(&mut q, &mem).unwrap());
+        let w = q.take_warnings();
+        assert!(
+            w.len() == 1 && w[0].detail.contains("less than the 65562"),
+            "{w:?}"
+        );
+    }
+
+    #[test]
+    fn a_driver_without_mac_is_warned_once_by_the_first_queue_to_run() {
+        let mem = ram();
+        let features = feature::VERSION_1;
+        let (_peer, mut rx, mut tx) = device(features);
+        let (_drv, mut rq) = Driver::new(&mem, 0, features);
+        let (_drv, mut tq) = Driver::new(&mem, 1, features);
+        assert!(!tx.process(&mut tq, &mem).unwrap());
+        let w = tq.take_warnings();
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert_eq!((w[0].rule, w[0].queue), (Rule::NetMacNotAccepted, Some(1)));
+        assert!(!tx.process(&mut tq, &mem).unwrap());
+        assert!(!rx.process(&mut rq, &mem).unwrap());
+        assert_eq!((tq.take_warnings(), rq.take_warnings()), (vec![], vec![]));
+    }
+
+    #[test]
+    fn either_or_prerequisites_are_checked_at_driver_ok() {
+        use virtio_bindings::bindings::virtio_net::{
+            VIRTIO_NET_F_HOST_ECN, VIRTIO_NET_F_HOST_TSO6,
+        };
+        let mem = ram();
+        let ecn = 1u64 << VIRTIO_NET_F_HOST_ECN;
+        let (_peer, mut rx, _tx) = device(V1 | CSUM | ecn);
+        let (_drv, mut q) = Driver::new(&mem, 0, V1 | CSUM | ecn);
+        expect(
+            rx.process(&mut q, &mem),
+            Rule::FeatureMissingPrerequisite,
+            &format!("feature {ecn:#x} needs one of 0x1800"),
+        );
+        for other in [TSO4, CSUM | 1 << VIRTIO_NET_F_HOST_TSO6] {
+            let (_peer, mut rx, _tx) = device(V1 | other | ecn);
+            let (_drv, mut q) = Driver::new(&mem, 0, V1 | other | ecn);
+            assert_eq!(rx.process(&mut q, &mem), Ok(false));
+        }
     }
 
     /// Counts how often the worker runs the handler.

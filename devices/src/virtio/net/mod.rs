@@ -16,22 +16,30 @@
 //! segmentation offload information passes through untouched.
 
 mod handler;
+mod header;
 pub mod tap;
 
 use std::io;
 use std::os::fd::RawFd;
 use std::sync::{Arc, Mutex};
 
+use virtio_bindings::bindings::virtio_config::VIRTIO_F_ANY_LAYOUT;
 use virtio_bindings::bindings::virtio_net::{
-    VIRTIO_NET_F_CSUM, VIRTIO_NET_F_GUEST_CSUM, VIRTIO_NET_F_GUEST_ECN, VIRTIO_NET_F_GUEST_TSO4,
-    VIRTIO_NET_F_GUEST_TSO6, VIRTIO_NET_F_GUEST_UFO, VIRTIO_NET_F_HOST_TSO4,
-    VIRTIO_NET_F_HOST_TSO6, VIRTIO_NET_F_HOST_UFO, VIRTIO_NET_F_MAC, VIRTIO_NET_F_MRG_RXBUF,
-    VIRTIO_NET_F_STATUS, VIRTIO_NET_S_LINK_UP,
+    VIRTIO_NET_F_CSUM, VIRTIO_NET_F_CTRL_MAC_ADDR, VIRTIO_NET_F_CTRL_RX, VIRTIO_NET_F_CTRL_VLAN,
+    VIRTIO_NET_F_CTRL_VQ, VIRTIO_NET_F_GUEST_ANNOUNCE, VIRTIO_NET_F_GUEST_CSUM,
+    VIRTIO_NET_F_GUEST_ECN, VIRTIO_NET_F_GUEST_TSO4, VIRTIO_NET_F_GUEST_TSO6,
+    VIRTIO_NET_F_GUEST_UFO, VIRTIO_NET_F_GUEST_USO4, VIRTIO_NET_F_GUEST_USO6,
+    VIRTIO_NET_F_HASH_REPORT, VIRTIO_NET_F_HOST_ECN, VIRTIO_NET_F_HOST_TSO4,
+    VIRTIO_NET_F_HOST_TSO6, VIRTIO_NET_F_HOST_UFO, VIRTIO_NET_F_HOST_USO, VIRTIO_NET_F_MAC,
+    VIRTIO_NET_F_MQ, VIRTIO_NET_F_MRG_RXBUF, VIRTIO_NET_F_MTU, VIRTIO_NET_F_NOTF_COAL,
+    VIRTIO_NET_F_RSC_EXT, VIRTIO_NET_F_RSS, VIRTIO_NET_F_SPEED_DUPLEX, VIRTIO_NET_F_STATUS,
+    VIRTIO_NET_F_VQ_NOTF_COAL, VIRTIO_NET_S_LINK_UP,
 };
 
-use super::device::{feature, QueueHandler, VirtioDevice};
+use super::device::{feature, ConfigField, QueueHandler, VirtioDevice};
+use super::rules::{Rule, Violation};
 use crate::bus::lock;
-use handler::{RxGate, RxQueue, TxQueue};
+use handler::{Findings, Negotiated, RxGate, RxQueue, TxQueue};
 pub use tap::{Tap, TapError};
 
 /// Each queue's maximum size.
@@ -68,7 +76,12 @@ pub trait FrameBackend: Send {
 /// the lock only for one non-blocking read or write).
 type SharedBackend = Arc<Mutex<Box<dyn FrameBackend>>>;
 
-/// Device features offered (the transport adds VERSION_1).
+/// Device features offered (the transport adds VERSION_1). ANY_LAYOUT
+/// matters only to legacy drivers, which see bits 0..32: it lets them put
+/// the header and the packet in one buffer, as Linux does (its
+/// `features_legacy` accepts it; a modern Linux driver never does), where
+/// without it the header must be alone in the first descriptor (§5.1.6.6,
+/// and §6.3: transitional devices offer it).
 pub const FEATURES: u64 = (1 << VIRTIO_NET_F_CSUM)
     | (1 << VIRTIO_NET_F_GUEST_CSUM)
     | (1 << VIRTIO_NET_F_MAC)
@@ -80,7 +93,120 @@ pub const FEATURES: u64 = (1 << VIRTIO_NET_F_CSUM)
     | (1 << VIRTIO_NET_F_HOST_UFO)
     | (1 << VIRTIO_NET_F_MRG_RXBUF)
     | (1 << VIRTIO_NET_F_STATUS)
+    | (1 << VIRTIO_F_ANY_LAYOUT)
     | feature::EVENT_IDX;
+
+const fn bit(b: u32) -> u64 {
+    1 << b
+}
+
+/// §5.1.3.1, the features that require another: accepting the first
+/// without the second is `FeatureMissingPrerequisite` (§2.2.1), which the
+/// transport checks when the driver sets FEATURES_OK (a legacy driver:
+/// when it writes its features). Pairs whose first feature the device
+/// does not offer cannot be reached (accepting it is `FeatureNotOffered`
+/// first) but are listed all the same, so offering one is enough.
+/// GUEST_USO4/6, NOTF_COAL and VQ_NOTF_COAL are virtio 1.3's.
+const PREREQUISITES: &[(u64, u64)] = &[
+    (bit(VIRTIO_NET_F_GUEST_TSO4), bit(VIRTIO_NET_F_GUEST_CSUM)),
+    (bit(VIRTIO_NET_F_GUEST_TSO6), bit(VIRTIO_NET_F_GUEST_CSUM)),
+    (bit(VIRTIO_NET_F_GUEST_UFO), bit(VIRTIO_NET_F_GUEST_CSUM)),
+    (bit(VIRTIO_NET_F_GUEST_USO4), bit(VIRTIO_NET_F_GUEST_CSUM)),
+    (bit(VIRTIO_NET_F_GUEST_USO6), bit(VIRTIO_NET_F_GUEST_CSUM)),
+    (bit(VIRTIO_NET_F_HOST_TSO4), bit(VIRTIO_NET_F_CSUM)),
+    (bit(VIRTIO_NET_F_HOST_TSO6), bit(VIRTIO_NET_F_CSUM)),
+    (bit(VIRTIO_NET_F_HOST_UFO), bit(VIRTIO_NET_F_CSUM)),
+    (bit(VIRTIO_NET_F_HOST_USO), bit(VIRTIO_NET_F_CSUM)),
+    (bit(VIRTIO_NET_F_CTRL_RX), bit(VIRTIO_NET_F_CTRL_VQ)),
+    (bit(VIRTIO_NET_F_CTRL_VLAN), bit(VIRTIO_NET_F_CTRL_VQ)),
+    (bit(VIRTIO_NET_F_GUEST_ANNOUNCE), bit(VIRTIO_NET_F_CTRL_VQ)),
+    (bit(VIRTIO_NET_F_MQ), bit(VIRTIO_NET_F_CTRL_VQ)),
+    (bit(VIRTIO_NET_F_CTRL_MAC_ADDR), bit(VIRTIO_NET_F_CTRL_VQ)),
+    (bit(VIRTIO_NET_F_NOTF_COAL), bit(VIRTIO_NET_F_CTRL_VQ)),
+    (bit(VIRTIO_NET_F_RSS), bit(VIRTIO_NET_F_CTRL_VQ)),
+    (bit(VIRTIO_NET_F_VQ_NOTF_COAL), bit(VIRTIO_NET_F_CTRL_VQ)),
+];
+
+/// §5.1.3.1's "requires A or B": the transport's table means "all of", so
+/// these are checked by the device at DRIVER_OK ([`negotiation_findings`]).
+const PREREQUISITES_ANY: &[(u64, u64)] = &[
+    (
+        bit(VIRTIO_NET_F_GUEST_ECN),
+        bit(VIRTIO_NET_F_GUEST_TSO4) | bit(VIRTIO_NET_F_GUEST_TSO6),
+    ),
+    (
+        bit(VIRTIO_NET_F_HOST_ECN),
+        bit(VIRTIO_NET_F_HOST_TSO4) | bit(VIRTIO_NET_F_HOST_TSO6),
+    ),
+    (
+        bit(VIRTIO_NET_F_RSC_EXT),
+        bit(VIRTIO_NET_F_HOST_TSO4) | bit(VIRTIO_NET_F_HOST_TSO6),
+    ),
+];
+
+/// `struct virtio_net_config` (virtio 1.2 §5.1.4). Every field is listed,
+/// offered or not, so that touching one whose feature is not offered is
+/// `ConfigFieldNotOffered`. `mac` is always there ("The mac address field
+/// always exists (though is only valid if VIRTIO_NET_F_MAC is set)").
+const CONFIG_FIELDS: &[ConfigField] = &[
+    ConfigField::always("mac", 0, 6, 1),
+    ConfigField::with("status", 6, 2, 2, bit(VIRTIO_NET_F_STATUS)),
+    ConfigField::with(
+        "max_virtqueue_pairs",
+        8,
+        2,
+        2,
+        bit(VIRTIO_NET_F_MQ) | bit(VIRTIO_NET_F_RSS),
+    ),
+    ConfigField::with("mtu", 10, 2, 2, bit(VIRTIO_NET_F_MTU)),
+    ConfigField::with("speed", 12, 4, 4, bit(VIRTIO_NET_F_SPEED_DUPLEX)),
+    ConfigField::with("duplex", 16, 1, 1, bit(VIRTIO_NET_F_SPEED_DUPLEX)),
+    ConfigField::with(
+        "rss_max_key_size",
+        17,
+        1,
+        1,
+        bit(VIRTIO_NET_F_RSS) | bit(VIRTIO_NET_F_HASH_REPORT),
+    ),
+    ConfigField::with(
+        "rss_max_indirection_table_length",
+        18,
+        2,
+        2,
+        bit(VIRTIO_NET_F_RSS),
+    ),
+    ConfigField::with(
+        "supported_hash_types",
+        20,
+        4,
+        4,
+        bit(VIRTIO_NET_F_RSS) | bit(VIRTIO_NET_F_HASH_REPORT),
+    ),
+];
+
+/// What the device finds wrong with `features` at DRIVER_OK, for the
+/// queue handlers to report ([`Findings`]): a SHOULD about the MAC
+/// (§5.1.4.2) and the either-or prerequisites the transport cannot
+/// express ([`PREREQUISITES_ANY`]).
+fn negotiation_findings(features: u64) -> Vec<Violation> {
+    let mut found = Vec::new();
+    let mac = bit(VIRTIO_NET_F_MAC);
+    if FEATURES & mac != 0 && features & mac == 0 {
+        found.push(Violation::new(
+            Rule::NetMacNotAccepted,
+            format!("driver features {features:#x} lack VIRTIO_NET_F_MAC (bit 5), which the device offers"),
+        ));
+    }
+    for &(f, any) in PREREQUISITES_ANY {
+        if features & f != 0 && features & any == 0 {
+            found.push(Violation::new(
+                Rule::FeatureMissingPrerequisite,
+                format!("driver accepted {features:#x}: feature {f:#x} needs one of {any:#x}"),
+            ));
+        }
+    }
+    found
+}
 
 /// The tap offloads (`TUN_F_*`) matching what the guest negotiated: the tap
 /// may hand the guest partially checksummed or unsegmented frames only if
@@ -196,26 +322,28 @@ impl VirtioDevice for Net {
                 .unwrap_or(0);
         }
     }
+    fn config_fields(&self) -> &'static [ConfigField] {
+        CONFIG_FIELDS
+    }
+    fn feature_prerequisites(&self) -> &'static [(u64, u64)] {
+        PREREQUISITES
+    }
     fn activate(&mut self, features: u64) -> Vec<Box<dyn QueueHandler>> {
         let flags = offload_flags(features);
         if let Err(e) = lock(&self.backend).set_offload(flags) {
             // The tap then hands over only plain frames, which any guest takes.
             log::warn!("virtio-net: {e}; receiving without offloads");
         }
-        let mergeable = features & (1 << VIRTIO_NET_F_MRG_RXBUF) != 0;
-        let hdr_len = if mergeable || features & feature::VERSION_1 != 0 {
-            VNET_HDR_LEN
-        } else {
-            LEGACY_HDR_LEN
-        };
+        let negotiated = Negotiated::new(features);
+        let findings = Arc::new(Findings::new(negotiation_findings(features)));
         vec![
             Box::new(RxQueue::new(
                 self.backend.clone(),
                 self.gate.clone(),
-                mergeable,
-                hdr_len,
+                negotiated,
+                findings.clone(),
             )),
-            Box::new(TxQueue::new(self.backend.clone(), hdr_len)),
+            Box::new(TxQueue::new(self.backend.clone(), negotiated, findings)),
         ]
     }
 }
@@ -271,11 +399,87 @@ mod tests {
         let net = Net::new(idle(), None).unwrap();
         assert_eq!((net.device_type(), net.name()), (1, "virtio-net"));
         assert_eq!(net.queue_max_sizes(), &[256, 256]);
-        for bit in [0, 1, 5, 7, 8, 10, 11, 12, 14, 15, 16, 29] {
+        for bit in [0, 1, 5, 7, 8, 10, 11, 12, 14, 15, 16, 27, 29] {
             assert!(net.features() & (1 << bit) != 0, "bit {bit}");
         }
         // Nothing else: no control queue, no multiqueue, no ECN.
-        assert_eq!(net.features().count_ones(), 12);
+        assert_eq!(net.features().count_ones(), 13);
+    }
+
+    /// The configuration layout is virtio 1.2's, field after field, and
+    /// what the device offers covers what it fills in.
+    #[test]
+    fn config_fields_follow_the_spec_layout() {
+        let net = Net::new(idle(), None).unwrap();
+        let fields = net.config_fields();
+        let mut end = 0;
+        for f in fields {
+            assert_eq!(f.offset, end, "{} follows the previous field", f.name);
+            assert_eq!(f.len % u16::from(f.elem), 0, "{}", f.name);
+            end = f.offset + f.len;
+        }
+        assert_eq!(end, 24);
+        let offered = |name: &str| {
+            let f = fields.iter().find(|f| f.name == name).unwrap();
+            f.feature == 0 || net.features() & f.feature != 0
+        };
+        assert!(offered("mac") && offered("status"));
+        for absent in [
+            "max_virtqueue_pairs",
+            "mtu",
+            "speed",
+            "duplex",
+            "supported_hash_types",
+        ] {
+            assert!(!offered(absent), "{absent}");
+        }
+    }
+
+    /// §5.1.3.1: each offered feature that needs another has its pair, and
+    /// the device offers what it needs.
+    #[test]
+    fn prerequisites_of_the_offered_features() {
+        let net = Net::new(idle(), None).unwrap();
+        let pre = net.feature_prerequisites();
+        let needs = |f: u32| pre.iter().find(|&&(x, _)| x == bit(f)).map(|&(_, n)| n);
+        for (f, n) in [
+            (VIRTIO_NET_F_GUEST_TSO4, VIRTIO_NET_F_GUEST_CSUM),
+            (VIRTIO_NET_F_GUEST_TSO6, VIRTIO_NET_F_GUEST_CSUM),
+            (VIRTIO_NET_F_GUEST_UFO, VIRTIO_NET_F_GUEST_CSUM),
+            (VIRTIO_NET_F_HOST_TSO4, VIRTIO_NET_F_CSUM),
+            (VIRTIO_NET_F_HOST_TSO6, VIRTIO_NET_F_CSUM),
+            (VIRTIO_NET_F_HOST_UFO, VIRTIO_NET_F_CSUM),
+            (VIRTIO_NET_F_MQ, VIRTIO_NET_F_CTRL_VQ),
+        ] {
+            assert_eq!(needs(f), Some(bit(n)), "feature {f}");
+        }
+        for &(f, n) in pre.iter().chain(PREREQUISITES_ANY) {
+            if FEATURES & f != 0 {
+                assert_ne!(FEATURES & n, 0, "{f:#x} is offered without {n:#x}");
+            }
+        }
+    }
+
+    #[test]
+    fn negotiation_findings_name_the_missing_feature() {
+        let mac = bit(VIRTIO_NET_F_MAC);
+        assert_eq!(negotiation_findings(FEATURES), vec![]);
+        let f = negotiation_findings(FEATURES & !mac);
+        assert_eq!(f.len(), 1);
+        assert_eq!(f[0].rule, Rule::NetMacNotAccepted);
+        let ecn = bit(VIRTIO_NET_F_GUEST_ECN);
+        let f = negotiation_findings(mac | bit(VIRTIO_NET_F_GUEST_CSUM) | ecn);
+        assert_eq!(f.len(), 1);
+        assert_eq!(f[0].rule, Rule::FeatureMissingPrerequisite);
+        assert!(
+            f[0].detail.contains("feature 0x200 needs one of 0x180"),
+            "{}",
+            f[0]
+        );
+        assert_eq!(
+            negotiation_findings(mac | bit(VIRTIO_NET_F_GUEST_TSO6) | ecn),
+            vec![]
+        );
     }
 
     #[test]
