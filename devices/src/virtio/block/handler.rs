@@ -342,12 +342,12 @@ impl BlockQueue {
         }
         let what = |b: &Buffer| {
             let dir = if b.writable { "writable" } else { "readable" };
-            format!("{} bytes, device-{dir}", b.len)
+            format!("{} device-{dir} bytes", b.len)
         };
         Some((
             Rule::BlkLegacyHeaderLayout,
             format!(
-                "{}: on the legacy interface without VIRTIO_F_ANY_LAYOUT the 16-byte header and the status byte each need a descriptor of their own (the spec's \"8-byte\" is an erratum), but the first descriptor has {} and the last {}",
+                "{}: on the legacy interface without VIRTIO_F_ANY_LAYOUT the 16-byte header and the status byte each need a descriptor of their own (the spec's \"8-byte\" is an erratum), but the first descriptor holds {} and the last {}",
                 req.describe(),
                 what(first),
                 what(last)
@@ -1632,20 +1632,21 @@ mod tests {
             .unwrap();
         let merged = [(DATA, 16 + 512, false), (STATUS, 1, true)];
         let r = run_reporting(h.as_mut(), &mem, legacy, &merged);
-        let needle = "the first descriptor has 528 bytes, device-readable and the last 1 bytes";
+        let needle =
+            "the first descriptor holds 528 device-readable bytes and the last 1 device-writable";
         expect_reported(r, (S_OK, 1), Rule::BlkLegacyHeaderLayout, needle);
         assert_eq!(disk.sectors(2, 1), vec![0x3c; SECTOR]);
         // A read with the status byte at the end of its data buffer.
         header(&mem, HDR, VIRTIO_BLK_T_IN, 1);
         let tail = [(HDR, 16, false), (DATA, 513, true)];
         let r = run_reporting(h.as_mut(), &mem, legacy, &tail);
-        let needle = "the last 513 bytes, device-writable";
+        let needle = "and the last 513 device-writable bytes";
         expect_reported(r, (S_OK, 513), Rule::BlkLegacyHeaderLayout, needle);
         // A flush whose header comes in two halves.
         header(&mem, HDR, VIRTIO_BLK_T_FLUSH, 0);
         let split = [(HDR, 8, false), (HDR + 8, 8, false), (STATUS, 1, true)];
         let r = run_reporting(h.as_mut(), &mem, legacy, &split);
-        let needle = "the first descriptor has 8 bytes";
+        let needle = "the first descriptor holds 8 device-readable bytes";
         expect_reported(r, (S_OK, 1), Rule::BlkLegacyHeaderLayout, needle);
         // With ANY_LAYOUT negotiated, or on the modern interface, any
         // layout is fine.
