@@ -5,12 +5,12 @@
 //! startup (so a missing or unwritable image is reported before the guest
 //! runs), works out the capacity, and serves the feature bits and the
 //! `struct virtio_blk_config` the driver reads, with its layout for the
-//! strict checks of configuration accesses ([`BLK_CONFIG_FIELDS`]) and the
-//! one writable field, `writeback` (VIRTIO_BLK_F_CONFIG_WCE). What a request on the
-//! single request queue means — reads, writes, flushes, GET_ID, discard,
-//! write-zeroes, and which malformed requests are driver bugs — lives in
-//! `handler.rs`, which moves data between guest RAM and the file with
-//! positional I/O (`pread`/`pwrite`) on the worker thread.
+//! strict checks of configuration accesses ([`BLK_CONFIG_FIELDS`]) and
+//! its one writable field, `writeback` (VIRTIO_BLK_F_CONFIG_WCE). What a
+//! request on the single request queue means — reads, writes, flushes,
+//! GET_ID, discard, write-zeroes, and which requests break a driver rule —
+//! lives in `handler.rs`, which moves data between guest RAM and the file
+//! with positional I/O (`pread`/`pwrite`) on the worker thread.
 
 mod handler;
 
@@ -271,7 +271,7 @@ fn config_space(capacity: u64) -> [u8; CONFIG_LEN] {
     put(40, &MAX_DISCARD_SEG.to_le_bytes());
     put(44, &DISCARD_SECTOR_ALIGNMENT.to_le_bytes());
     put(48, &MAX_DISCARD_SECTORS.to_le_bytes());
-    put(52, &MAX_DISCARD_SEG.to_le_bytes());
+    put(52, &MAX_WRITE_ZEROES_SEG.to_le_bytes());
     // write_zeroes_may_unmap @56: an UNMAP write-zeroes may punch a hole.
     put(56, &[1]);
     c
