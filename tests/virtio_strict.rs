@@ -141,13 +141,17 @@ fn small_disk(dir: &TempDir) -> String {
     path.to_str().unwrap().to_string()
 }
 
+/// The warning scenarios run on a `,ro` disk: `BlkRoNotAccepted` needs
+/// one, and none of them writes.
 #[test]
 fn every_blk_scenario_stops_or_warns_naming_its_rule() {
     let dir = TempDir::new("strict-blk");
     let disk = small_disk(&dir);
     let modern = ["--block", disk.as_str()];
     run_stop_table(&modern, "virtio-blk", BLK_IDS, STOP_BLK);
-    run_warning_table(&modern, "virtio-blk", BLK_IDS, WARN_BLK);
+    let ro = format!("{disk},ro");
+    let read_only = ["--block", ro.as_str()];
+    run_warning_table(&read_only, "virtio-blk", BLK_IDS, WARN_BLK);
     let legacy = ["--legacy", "--block", disk.as_str()];
     run_stop_table(&legacy, "virtio-blk", BLK_LEGACY_IDS, STOP_BLK_LEGACY);
 }

@@ -1,9 +1,11 @@
 //! Scenarios for the launcher's virtio-blk (`--block FILE[,ro][,serial=ID]`,
-//! 1af4:1042, modern PCI transport, one request queue), driven by a polled
-//! ring-3 driver. Each request is a chain of three descriptors at
-//! `3 * slot`: the 16-byte header (device-readable), the data (readable for
-//! writes, discard and write-zeroes segments, writable for reads and
-//! GET_ID; left out when there is none) and the status byte (writable).
+//! 1af4:1042 on the modern PCI transport, 1af4:1001 behind `--legacy`; one
+//! request queue), driven by a polled ring-3 driver. Each request is a
+//! chain of three descriptors at `3 * slot`: the 16-byte header
+//! (device-readable), the data (readable for writes, discard and
+//! write-zeroes segments, writable for reads and GET_ID; left out when
+//! there is none) and the status byte (writable). That is also the
+//! framing a legacy driver without VIRTIO_F_ANY_LAYOUT must use.
 //!
 //! - `virtio-blk-io`: negotiates VERSION_1 plus FLUSH, DISCARD,
 //!   WRITE_ZEROES (and RO) when offered; reads the capacity; writes
@@ -11,43 +13,86 @@
 //!   them back and compares; GET_ID (`GUEST-BLK-ID <id>`); discards
 //!   sectors 16..24; write-zeroes sectors 32..40 and reads them back as
 //!   zeros; `GUEST-BLK-OK capacity=<n>`.
-//! - `virtio-blk-errors`: `GUEST-BLK-STATUS <what>=<status>` for a read of
-//!   sector 0, reads beyond and across the end of the disk, a request of
-//!   type 99, and either writes to a read-only disk (RO offered) or a write
-//!   beyond the end (writable disk).
-//! - `bad-blk-writable-header`: a request whose header is device-writable
-//!   (strict mode: `BlkHeaderNotReadable`).
-//! - `bad-blk-header-too-short`: an 8-byte header (`BlkHeaderTooShort`).
-//! - `bad-blk-no-status-byte`: a write without the status byte
-//!   (`BlkNoStatusByte`).
-//! - `bad-indirect-with-next`, `bad-indirect-nested`,
-//!   `bad-indirect-table-size`: with VIRTIO_F_RING_INDIRECT_DESC
-//!   negotiated, an indirect descriptor that also has NEXT, an indirect
-//!   table holding an indirect descriptor, and a 40-byte table.
+//! - `virtio-blk-errors`: `GUEST-BLK-STATUS <what>=<status>` for requests
+//!   a correct driver may send and the device refuses: a read of sector 0
+//!   (`read`, OK), a request of type 99 (`unknown-type`), and on a
+//!   read-only disk (RO offered) a write, a discard and a write-zeroes.
+//! - `virtio-blk-legacy` (`--legacy`): the legacy interface's driver
+//!   (port I/O, queue by PFN, only FLUSH accepted) writes [`pattern`] to
+//!   sector 1, flushes, reads it back, GET_ID:
+//!   `GUEST-BLK-LEGACY-OK capacity=<n>`.
+//! - `bad-<rule>`: one scenario per strict rule, named after it in kebab
+//!   case, breaking it once, then `GUEST-AFTER-BAD` and, if the launcher
+//!   let the guest run on, `GUEST-STATUS <device_status>` (see
+//!   [`after_bad`]). Requests the device still answers print
+//!   `GUEST-BLK-STATUS <what>=<status>` first. The layouts it cannot
+//!   parse: `bad-blk-writable-header`, `bad-blk-header-too-short` (an
+//!   8-byte header), `bad-blk-no-status-byte`, `bad-blk-data-wrong-direction`
+//!   (a read with device-readable data); the indirect-table rules with
+//!   VIRTIO_F_RING_INDIRECT_DESC negotiated: `bad-indirect-with-next`,
+//!   `bad-indirect-nested`, `bad-indirect-table-size` (40 bytes); the
+//!   request rules of §5.2.6.1: `bad-blk-beyond-capacity` (a read at
+//!   sector `capacity`), `bad-blk-data-not-sector-multiple` (a 100-byte
+//!   read), `bad-blk-flush-sector-not-zero`, `bad-blk-flush-with-data`
+//!   (a warning), `bad-blk-get-id-length` (16 bytes), `bad-blk-discard-segments`
+//!   (two segments, one allowed), `bad-blk-discard-unmap`,
+//!   `bad-blk-ro-not-accepted` (needs `,ro`; a warning);
+//!   `bad-blk-legacy-header-layout` (needs `--legacy`: header and data
+//!   in one descriptor); and the configuration rules:
+//!   `bad-config-field-not-offered` (num_queues without MQ),
+//!   `bad-config-access-width` (capacity in one 64-bit read),
+//!   `bad-config-write-before-features-ok`,
+//!   `bad-blk-writeback-before-features-ok`.
 //! - `bench-blk`: 4 KiB random reads and 1 MiB sequential reads timed with
 //!   the TSC (`GUEST-BENCH ...`; see bench/README.md).
 
 use crate::clock::{self, Deadline};
 use crate::cmdline::Cmdline;
 use crate::pci;
+use crate::port::{inb, inl, inw, outb, outl, outw};
 use crate::power;
 use crate::println;
 use crate::scenarios::{finish, rdtsc, Scenario};
 use crate::virtio::{
-    read8, set_desc_at, status, write32, write64, write8, Device, Pages, Vq, BLK_DEVICE,
-    DESC_INDIRECT, DESC_NEXT, DESC_WRITE, F_INDIRECT_DESC, F_VERSION_1, RING_BYTES,
+    read16, read64, read8, set_desc_at, status, write16, write32, write64, write8, Device, Pages,
+    Vq, AVAIL_NO_INTERRUPT, BLK_DEVICE, DESC_INDIRECT, DESC_NEXT, DESC_WRITE, F_INDIRECT_DESC,
+    F_VERSION_1, RING_BYTES, VENDOR,
 };
 use crate::virtio_scenarios::fail;
 
 pub const SCENARIOS: &[(&str, Scenario)] = &[
     ("virtio-blk-io", blk_io),
     ("virtio-blk-errors", blk_errors),
+    ("virtio-blk-legacy", blk_legacy),
     ("bad-blk-writable-header", bad_writable_header),
     ("bad-blk-header-too-short", bad_header_too_short),
     ("bad-blk-no-status-byte", bad_no_status_byte),
+    ("bad-blk-data-wrong-direction", bad_data_wrong_direction),
     ("bad-indirect-with-next", bad_indirect_with_next),
     ("bad-indirect-nested", bad_indirect_nested),
     ("bad-indirect-table-size", bad_indirect_table_size),
+    ("bad-blk-beyond-capacity", bad_beyond_capacity),
+    (
+        "bad-blk-data-not-sector-multiple",
+        bad_data_not_sector_multiple,
+    ),
+    ("bad-blk-flush-sector-not-zero", bad_flush_sector_not_zero),
+    ("bad-blk-flush-with-data", bad_flush_with_data),
+    ("bad-blk-get-id-length", bad_get_id_length),
+    ("bad-blk-discard-segments", bad_discard_segments),
+    ("bad-blk-discard-unmap", bad_discard_unmap),
+    ("bad-blk-ro-not-accepted", bad_ro_not_accepted),
+    ("bad-blk-legacy-header-layout", bad_legacy_header_layout),
+    ("bad-config-field-not-offered", bad_config_field_not_offered),
+    ("bad-config-access-width", bad_config_access_width),
+    (
+        "bad-config-write-before-features-ok",
+        bad_config_write_before_features_ok,
+    ),
+    (
+        "bad-blk-writeback-before-features-ok",
+        bad_writeback_before_features_ok,
+    ),
     ("bench-blk", bench_blk),
 ];
 
@@ -56,8 +101,20 @@ pub const SECTOR: u64 = 512;
 /// Feature bits (virtio 1.0 §5.2.3, 1.1 for DISCARD and WRITE_ZEROES).
 const F_RO: u64 = 1 << 5;
 const F_FLUSH: u64 = 1 << 9;
+const F_CONFIG_WCE: u64 = 1 << 11;
 const F_DISCARD: u64 = 1 << 13;
 const F_WRITE_ZEROES: u64 = 1 << 14;
+/// What [`Blk::start`] accepts when offered.
+const WANTED: u64 = F_FLUSH | F_DISCARD | F_WRITE_ZEROES | F_RO;
+/// The unmap bit of a discard / write-zeroes segment's flags.
+const SEGMENT_UNMAP: u32 = 1;
+
+/// `struct virtio_blk_config` offsets (§5.2.4).
+mod cfg {
+    pub const CAPACITY: u64 = 0;
+    pub const WRITEBACK: u64 = 32;
+    pub const NUM_QUEUES: u64 = 34;
+}
 
 /// Request types and statuses (§5.2.6).
 pub const T_IN: u32 = 0;
@@ -67,6 +124,9 @@ pub const T_GET_ID: u32 = 8;
 pub const T_DISCARD: u32 = 11;
 pub const T_WRITE_ZEROES: u32 = 13;
 pub const S_OK: u8 = 0;
+
+/// The transitional PCI device id of virtio-blk (the legacy interface).
+const BLK_LEGACY_DEVICE: u16 = 0x1001;
 
 /// Descriptors in the queue; three per request slot.
 const QSIZE: u16 = 128;
@@ -147,12 +207,61 @@ struct Done {
     used_len: u32,
 }
 
+/// How the driver reaches the function: notifications and the status.
+enum Transport {
+    Modern(Device),
+    /// The legacy interface's I/O BAR (virtio 1.0 §4.1.4.8).
+    Legacy {
+        io: u16,
+    },
+}
+
+/// Legacy I/O BAR registers (virtio 1.0 §4.1.4.8), without MSI-X.
+mod legacy {
+    pub const HOST_FEATURES: u16 = 0;
+    pub const GUEST_FEATURES: u16 = 4;
+    pub const QUEUE_PFN: u16 = 8;
+    pub const QUEUE_NUM: u16 = 12;
+    pub const QUEUE_SEL: u16 = 14;
+    pub const QUEUE_NOTIFY: u16 = 16;
+    pub const STATUS: u16 = 18;
+    pub const CONFIG: u16 = 20;
+    /// PCI command register: I/O space.
+    pub const COMMAND_IO: u16 = 1;
+}
+
+impl Transport {
+    fn status(&self) -> u8 {
+        match self {
+            Transport::Modern(d) => d.status(),
+            Transport::Legacy { io } => inb(io + legacy::STATUS),
+        }
+    }
+
+    fn notify(&self, vq: &Vq) {
+        match self {
+            Transport::Modern(d) => d.notify(vq),
+            Transport::Legacy { io } => {
+                core::sync::atomic::fence(core::sync::atomic::Ordering::SeqCst);
+                outw(io + legacy::QUEUE_NOTIFY, vq.index)
+            }
+        }
+    }
+}
+
 struct Blk {
-    dev: Device,
+    dev: Transport,
     vq: Vq,
     features: u64,
     offered: u64,
     capacity: u64,
+}
+
+/// Start line, PCI listing, the first modern virtio-blk function found.
+fn probe() -> Device {
+    println!("GUEST-TEST-START");
+    pci::enumerate();
+    Device::probe(BLK_DEVICE).unwrap_or_else(|| fail("no virtio-blk (1af4:1042) on bus 0"))
 }
 
 impl Blk {
@@ -165,17 +274,21 @@ impl Blk {
 
     /// [`Blk::start`], also accepting `extra` (which must be offered).
     fn start_with(extra: u64) -> Blk {
-        println!("GUEST-TEST-START");
-        pci::enumerate();
-        let dev =
-            Device::probe(BLK_DEVICE).unwrap_or_else(|| fail("no virtio-blk (1af4:1042) on bus 0"));
+        Blk::start_accepting(|offered| {
+            if offered & extra != extra {
+                fail("virtio-blk does not offer the features the scenario needs");
+            }
+            F_VERSION_1 | extra | offered & WANTED
+        })
+    }
+
+    /// [`Blk::start`], accepting what `accept` makes of the offered
+    /// features.
+    fn start_accepting(accept: impl FnOnce(u64) -> u64) -> Blk {
+        let dev = probe();
         dev.begin();
         let offered = dev.device_features();
-        if offered & extra != extra {
-            fail("virtio-blk does not offer the features the scenario needs");
-        }
-        let features =
-            F_VERSION_1 | extra | offered & (F_FLUSH | F_DISCARD | F_WRITE_ZEROES | F_RO);
+        let features = accept(offered);
         if dev.negotiate(features) & status::FEATURES_OK == 0 {
             fail("device refused FEATURES_OK");
         }
@@ -185,13 +298,68 @@ impl Blk {
             fail("request queue too small");
         }
         dev.driver_ok();
-        let capacity = dev.cfg64(0);
+        let capacity = dev.cfg64(cfg::CAPACITY);
         println!(
             "GUEST-BLK-CONFIG capacity={capacity} queue_size={}",
             vq.size
         );
         Blk {
-            dev,
+            dev: Transport::Modern(dev),
+            vq,
+            features,
+            offered,
+            capacity,
+        }
+    }
+
+    /// The first legacy virtio-blk function (1af4:1001) initialised as a
+    /// legacy driver does it (reset, ACKNOWLEDGE, DRIVER, guest features:
+    /// FLUSH if offered, queue 0 by PFN, DRIVER_OK), no ANY_LAYOUT.
+    fn start_legacy() -> Blk {
+        println!("GUEST-TEST-START");
+        pci::enumerate();
+        let slot = pci::find(VENDOR, BLK_LEGACY_DEVICE)
+            .unwrap_or_else(|| fail("no legacy virtio-blk (1af4:1001) on bus 0"));
+        let bar = slot.read32(pci::BAR0);
+        if bar & 1 == 0 {
+            fail("BAR0 of the legacy function is not an I/O BAR");
+        }
+        let cmd = slot.read16(pci::COMMAND);
+        slot.write16(
+            pci::COMMAND,
+            cmd | legacy::COMMAND_IO | pci::COMMAND_BUS_MASTER,
+        );
+        let io = (bar & !3) as u16;
+        let reg = |r: u16| io + r;
+        outb(reg(legacy::STATUS), 0);
+        outb(reg(legacy::STATUS), status::ACKNOWLEDGE);
+        outb(reg(legacy::STATUS), status::ACKNOWLEDGE | status::DRIVER);
+        let offered = u64::from(inl(reg(legacy::HOST_FEATURES)));
+        let features = offered & F_FLUSH;
+        outl(reg(legacy::GUEST_FEATURES), features as u32);
+        println!("GUEST-VIRTIO-FEATURES offered={offered:#x} accepted={features:#x}");
+        outw(reg(legacy::QUEUE_SEL), 0);
+        let size = inw(reg(legacy::QUEUE_NUM));
+        if !(3..=256).contains(&size) || !size.is_power_of_two() {
+            println!("GUEST-FAIL legacy queue size {size}");
+            power::poweroff()
+        }
+        // The legacy layout: available ring right after the descriptors,
+        // used ring on the next 4 KiB boundary.
+        let mut vq = Vq::at(0, size, RING.addr());
+        let n = u64::from(size);
+        vq.avail = vq.desc + 16 * n;
+        vq.used = (vq.avail + 6 + 2 * n).next_multiple_of(4096);
+        write16(vq.avail, AVAIL_NO_INTERRUPT);
+        outl(reg(legacy::QUEUE_PFN), (vq.desc >> 12) as u32);
+        let ok = status::ACKNOWLEDGE | status::DRIVER | status::DRIVER_OK;
+        outb(reg(legacy::STATUS), ok);
+        // Any width will do on the legacy interface (§4.1.4.8).
+        let lo = u64::from(inl(reg(legacy::CONFIG)));
+        let capacity = u64::from(inl(reg(legacy::CONFIG + 4))) << 32 | lo;
+        println!("GUEST-BLK-CONFIG capacity={capacity} queue_size={size} io={io:#x}");
+        Blk {
+            dev: Transport::Legacy { io },
             vq,
             features,
             offered,
@@ -427,9 +595,10 @@ fn blk_io(_: &Cmdline) -> ! {
     finish()
 }
 
+/// Errors a correct driver may meet: nothing here breaks a driver rule
+/// (requests beyond the capacity do: `bad-blk-beyond-capacity`).
 fn blk_errors(_: &Cmdline) -> ! {
     let mut b = Blk::start();
-    let cap = b.capacity;
     let ro = b.offered & F_RO != 0;
     println!("GUEST-BLK-RO offered={}", u8::from(ro));
     let one = SECTOR as u32;
@@ -441,10 +610,6 @@ fn blk_errors(_: &Cmdline) -> ! {
         crate::print!("{:02x}", read8(data(i)));
     }
     println!();
-    let (s, _) = b.request(T_IN, cap, Buf::read_into(data(0), one));
-    println!("GUEST-BLK-STATUS read-beyond-capacity={s}");
-    let (s, _) = b.request(T_IN, cap - 1, Buf::read_into(data(0), 2 * one));
-    println!("GUEST-BLK-STATUS read-across-end={s}");
     let (s, _) = b.request(99, 0, None);
     println!("GUEST-BLK-STATUS unknown-type={s}");
     if ro {
@@ -459,11 +624,39 @@ fn blk_errors(_: &Cmdline) -> ! {
             let s = b.range_request(T_WRITE_ZEROES, 0, 8, 0);
             println!("GUEST-BLK-STATUS ro-write-zeroes={s}");
         }
-    } else {
-        fill(4096, SECTOR, 0x77);
-        let (s, _) = b.request(T_OUT, cap, Buf::write_from(data(4096), one));
-        println!("GUEST-BLK-STATUS write-beyond-capacity={s}");
     }
+    finish()
+}
+
+/// The legacy interface's driver: a write, a flush, a read-back and
+/// GET_ID, each framed as §5.2.6.4 wants (header, data, status byte in
+/// descriptors of their own).
+fn blk_legacy(_: &Cmdline) -> ! {
+    let mut b = Blk::start_legacy();
+    let cap = b.capacity;
+    if cap < 2 {
+        fail("the disk needs at least 2 sectors");
+    }
+    fill_pattern(0, 1, SECTOR);
+    b.request_ok(
+        "write sector 1",
+        T_OUT,
+        1,
+        Buf::write_from(data(0), SECTOR as u32),
+    );
+    if b.has(F_FLUSH) {
+        b.request_ok("flush", T_FLUSH, 0, None);
+    }
+    fill(4096, SECTOR, 0xee);
+    b.request_ok(
+        "read sector 1",
+        T_IN,
+        1,
+        Buf::read_into(data(4096), SECTOR as u32),
+    );
+    check_pattern("read sector 1", 4096, 1, SECTOR);
+    b.request_ok("get id", T_GET_ID, 0, Buf::read_into(data(8192), 20));
+    println!("GUEST-BLK-LEGACY-OK capacity={cap}");
     finish()
 }
 
@@ -478,22 +671,30 @@ fn bad_writable_header(_: &Cmdline) -> ! {
     b.vq.set_desc(2, status_byte(0), 1, DESC_WRITE, 0);
     b.vq.push(0);
     b.kick();
-    after_bad(&b)
+    after_bad(&b.dev)
 }
 
 /// Prints `GUEST-AFTER-BAD`, waits (at most 2 s) for DEVICE_NEEDS_RESET,
 /// prints `GUEST-STATUS` and powers off.
-fn after_bad(b: &Blk) -> ! {
+fn after_bad(dev: &Transport) -> ! {
     println!("GUEST-AFTER-BAD");
     let mut deadline = Deadline::after(2);
     while !deadline.expired() {
-        if b.dev.status() & status::DEVICE_NEEDS_RESET != 0 {
+        if dev.status() & status::DEVICE_NEEDS_RESET != 0 {
             break;
         }
         core::hint::spin_loop();
     }
-    println!("GUEST-STATUS {:#04x}", b.dev.status());
+    println!("GUEST-STATUS {:#04x}", dev.status());
     power::poweroff()
+}
+
+/// A request that breaks a rule the device still answers: waits for the
+/// answer, prints `GUEST-BLK-STATUS <what>=<status>`, then [`after_bad`].
+fn bad_request(mut b: Blk, what: &str, kind: u32, sector: u64, buf: Option<Buf>) -> ! {
+    let (s, _) = b.request(kind, sector, buf);
+    println!("GUEST-BLK-STATUS {what}={s}");
+    after_bad(&b.dev)
 }
 
 /// A T_IN request header for sector 0 in slot 0.
@@ -513,7 +714,7 @@ fn bad_header_too_short(_: &Cmdline) -> ! {
     b.vq.set_desc(1, status_byte(0), 1, DESC_WRITE, 0);
     b.vq.push(0);
     b.kick();
-    after_bad(&b)
+    after_bad(&b.dev)
 }
 
 /// A write of one sector whose chain ends with its (readable) data: no
@@ -527,7 +728,7 @@ fn bad_no_status_byte(_: &Cmdline) -> ! {
     b.vq.set_desc(1, data(0), SECTOR as u32, 0, 0);
     b.vq.push(0);
     b.kick();
-    after_bad(&b)
+    after_bad(&b.dev)
 }
 
 /// Where the indirect tables go: the data area's last page.
@@ -554,7 +755,7 @@ fn bad_indirect_with_next(_: &Cmdline) -> ! {
     b.vq.set_desc(1, status_byte(1), 1, DESC_WRITE, 0);
     b.vq.push(0);
     b.kick();
-    after_bad(&b)
+    after_bad(&b.dev)
 }
 
 /// An indirect table whose second entry is itself indirect.
@@ -569,7 +770,7 @@ fn bad_indirect_nested(_: &Cmdline) -> ! {
     b.vq.set_desc(0, t, 32, DESC_INDIRECT, 0);
     b.vq.push(0);
     b.kick();
-    after_bad(&b)
+    after_bad(&b.dev)
 }
 
 /// An indirect table of 40 bytes: not a multiple of 16.
@@ -580,7 +781,148 @@ fn bad_indirect_table_size(_: &Cmdline) -> ! {
     b.vq.set_desc(0, t, 40, DESC_INDIRECT, 0);
     b.vq.push(0);
     b.kick();
-    after_bad(&b)
+    after_bad(&b.dev)
+}
+
+/// A read whose data buffer is device-readable.
+fn bad_data_wrong_direction(_: &Cmdline) -> ! {
+    let mut b = Blk::start();
+    b.submit(0, T_IN, 0, Buf::write_from(data(0), SECTOR as u32));
+    b.kick();
+    after_bad(&b.dev)
+}
+
+/// A one-sector read at sector `capacity`, just past the end.
+fn bad_beyond_capacity(_: &Cmdline) -> ! {
+    let b = Blk::start();
+    let buf = Buf::read_into(data(0), SECTOR as u32);
+    let cap = b.capacity;
+    bad_request(b, "read-beyond-capacity", T_IN, cap, buf)
+}
+
+/// A read of 100 bytes.
+fn bad_data_not_sector_multiple(_: &Cmdline) -> ! {
+    let b = Blk::start();
+    let buf = Buf::read_into(data(0), 100);
+    bad_request(b, "read-100-bytes", T_IN, 0, buf)
+}
+
+/// A flush naming sector 1.
+fn bad_flush_sector_not_zero(_: &Cmdline) -> ! {
+    let b = Blk::start_with(F_FLUSH);
+    bad_request(b, "flush-sector-1", T_FLUSH, 1, None)
+}
+
+/// A flush carrying a sector of data.
+fn bad_flush_with_data(_: &Cmdline) -> ! {
+    let b = Blk::start_with(F_FLUSH);
+    let buf = Buf::write_from(data(0), SECTOR as u32);
+    bad_request(b, "flush-with-data", T_FLUSH, 0, buf)
+}
+
+/// GET_ID into 16 bytes instead of 20.
+fn bad_get_id_length(_: &Cmdline) -> ! {
+    let b = Blk::start();
+    let buf = Buf::read_into(data(0), 16);
+    bad_request(b, "get-id-16-bytes", T_GET_ID, 0, buf)
+}
+
+/// A discard of two segments where the device allows one
+/// (`max_discard_seg` is 1).
+fn bad_discard_segments(_: &Cmdline) -> ! {
+    let b = Blk::start_with(F_DISCARD);
+    let segments = data(0);
+    for (i, sector) in [0u64, 8].iter().enumerate() {
+        let seg = segments + 16 * i as u64;
+        write64(seg, *sector);
+        write32(seg + 8, 8);
+        write32(seg + 12, 0);
+    }
+    let buf = Buf::write_from(segments, 32);
+    bad_request(b, "discard-two-segments", T_DISCARD, 0, buf)
+}
+
+/// A discard segment with the unmap bit, which only write-zeroes takes.
+fn bad_discard_unmap(_: &Cmdline) -> ! {
+    let mut b = Blk::start_with(F_DISCARD);
+    let s = b.range_request(T_DISCARD, 0, 8, SEGMENT_UNMAP);
+    println!("GUEST-BLK-STATUS discard-unmap={s}");
+    after_bad(&b.dev)
+}
+
+/// A read-only disk (`,ro`) whose driver does not accept
+/// VIRTIO_BLK_F_RO; the device tells at the first notification.
+fn bad_ro_not_accepted(_: &Cmdline) -> ! {
+    let b = Blk::start_accepting(|offered| {
+        if offered & F_RO == 0 {
+            fail("virtio-blk does not offer RO: attach the disk with ,ro");
+        }
+        F_VERSION_1 | offered & WANTED & !F_RO
+    });
+    let buf = Buf::read_into(data(0), SECTOR as u32);
+    bad_request(b, "read", T_IN, 0, buf)
+}
+
+/// Legacy, no ANY_LAYOUT: a write whose header and data share one
+/// descriptor.
+fn bad_legacy_header_layout(_: &Cmdline) -> ! {
+    let mut b = Blk::start_legacy();
+    let h = data(0);
+    write32(h, T_OUT);
+    write32(h + 4, 0);
+    write64(h + 8, 1);
+    fill_pattern(16, 1, SECTOR);
+    write8(status_byte(0), STATUS_UNSET);
+    b.vq.set_desc(0, h, 16 + SECTOR as u32, DESC_NEXT, 1);
+    b.vq.set_desc(1, status_byte(0), 1, DESC_WRITE, 0);
+    b.vq.push(0);
+    b.kick();
+    let d = b.wait();
+    println!("GUEST-BLK-STATUS legacy-write={}", d.status);
+    after_bad(&b.dev)
+}
+
+/// `num_queues` read, though VIRTIO_BLK_F_MQ is not offered.
+fn bad_config_field_not_offered(_: &Cmdline) -> ! {
+    let b = Blk::start();
+    let Transport::Modern(dev) = &b.dev else {
+        fail("not the modern interface")
+    };
+    core::hint::black_box(read16(dev.device_cfg.addr + cfg::NUM_QUEUES));
+    after_bad(&b.dev)
+}
+
+/// `capacity` in one 64-bit read instead of two 32-bit halves.
+fn bad_config_access_width(_: &Cmdline) -> ! {
+    let b = Blk::start();
+    let Transport::Modern(dev) = &b.dev else {
+        fail("not the modern interface")
+    };
+    core::hint::black_box(read64(dev.device_cfg.addr + cfg::CAPACITY));
+    after_bad(&b.dev)
+}
+
+/// A configuration write (to `capacity`, which ignores it) after DRIVER,
+/// before FEATURES_OK.
+fn bad_config_write_before_features_ok(_: &Cmdline) -> ! {
+    let dev = probe();
+    dev.begin();
+    dev.device_features();
+    write32(dev.device_cfg.addr + cfg::CAPACITY, 0);
+    after_bad(&Transport::Modern(dev))
+}
+
+/// `writeback` read with the features written but before FEATURES_OK.
+fn bad_writeback_before_features_ok(_: &Cmdline) -> ! {
+    let dev = probe();
+    dev.begin();
+    let offered = dev.device_features();
+    if offered & F_CONFIG_WCE == 0 {
+        fail("virtio-blk does not offer CONFIG_WCE");
+    }
+    dev.set_driver_features(F_VERSION_1 | F_FLUSH | F_CONFIG_WCE);
+    core::hint::black_box(read8(dev.device_cfg.addr + cfg::WRITEBACK));
+    after_bad(&Transport::Modern(dev))
 }
 
 /// A xorshift64 generator for the random offsets.

@@ -520,3 +520,10 @@ pub fn set_desc_at(table: u64, i: u16, addr: u64, len: u32, flags: u16, next: u1
     write16(d + 12, flags);
     write16(d + 14, next);
 }
+
+/// One 64-bit read, for scenarios that break §4.1.3.1 on purpose (a
+/// 64-bit configuration field must be read as two 32-bit halves).
+pub fn read64(addr: u64) -> u64 {
+    // SAFETY: see `read8`.
+    unsafe { read_volatile(addr as *const u64) }
+}

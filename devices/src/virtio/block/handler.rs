@@ -9,29 +9,43 @@
 //!
 //! Data moves between guest RAM and the backing file through a bounce
 //! buffer with positional I/O, so requests never share a file offset.
-//! Everything the guest could reasonably get wrong at run time (a request
-//! past the end of the disk, a write to a read-only disk, an operation not
-//! negotiated) and every host I/O error becomes a status byte; only
-//! malformed chains — a driver that does not follow the layout at all — are
-//! [`Violation`]s, which end the queue.
+//!
+//! What a driver can get wrong, and what follows:
+//!
+//! - A chain the device cannot parse at all (no readable 16-byte header,
+//!   no status byte, data in the wrong direction) is a malformed request:
+//!   a [`Violation`] from `process`, which ends the queue.
+//! - A request that breaks a driver requirement of §5.2.6.1 (beyond the
+//!   capacity, not whole sectors, a FLUSH with a sector, a GET_ID not of
+//!   20 bytes, bad DISCARD / WRITE_ZEROES segments) or the legacy framing
+//!   rule (§5.2.6.4) is answered with the status the device always gave
+//!   it (IOERR, UNSUPP, or OK where it can be carried out) and the rule is
+//!   recorded on the queue for the worker to report: a MUST still stops a
+//!   strict run, and under `--lenient` the driver gets its answer and the
+//!   device goes on. SHOULDs (a FLUSH with data, RO not accepted) are
+//!   warnings the same way.
+//! - Everything else (a write to a read-only disk, an operation not
+//!   negotiated, an unknown type, a host I/O error) is just a status byte.
 
 use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use virtio_bindings::bindings::virtio_blk::{
-    VIRTIO_BLK_F_DISCARD, VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_WRITE_ZEROES, VIRTIO_BLK_S_IOERR,
-    VIRTIO_BLK_S_OK, VIRTIO_BLK_S_UNSUPP, VIRTIO_BLK_T_DISCARD, VIRTIO_BLK_T_FLUSH,
-    VIRTIO_BLK_T_GET_ID, VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT, VIRTIO_BLK_T_WRITE_ZEROES,
-    VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP,
+    VIRTIO_BLK_F_CONFIG_WCE, VIRTIO_BLK_F_DISCARD, VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_RO,
+    VIRTIO_BLK_F_WRITE_ZEROES, VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK, VIRTIO_BLK_S_UNSUPP,
+    VIRTIO_BLK_T_DISCARD, VIRTIO_BLK_T_FLUSH, VIRTIO_BLK_T_GET_ID, VIRTIO_BLK_T_IN,
+    VIRTIO_BLK_T_OUT, VIRTIO_BLK_T_WRITE_ZEROES, VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP,
 };
+use virtio_bindings::bindings::virtio_config::VIRTIO_F_ANY_LAYOUT;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use vmm_sys_util::fallocate::{fallocate, FallocateMode};
 
-use super::{ID_LEN, MAX_DISCARD_SECTORS, MAX_DISCARD_SEG, SECTOR_SIZE};
-use crate::virtio::device::QueueHandler;
+use super::{ID_LEN, MAX_DISCARD_SECTORS, MAX_DISCARD_SEG, MAX_WRITE_ZEROES_SEG, SECTOR_SIZE};
+use crate::virtio::device::{feature, QueueHandler};
 use crate::virtio::queue::{Buffer, Chain, CheckedQueue};
 use crate::virtio::rules::{Rule, Violation};
 
@@ -55,6 +69,9 @@ pub(super) struct Disk {
     pub(super) capacity: u64,
     pub(super) read_only: bool,
     pub(super) id: [u8; ID_LEN],
+    /// The `writeback` configuration field: with CONFIG_WCE negotiated,
+    /// 0 asks for writethrough (every write stable when it completes).
+    pub(super) writeback: AtomicBool,
 }
 
 /// The request queue's handler for one activation.
@@ -64,19 +81,47 @@ pub(super) struct BlockQueue {
     /// only served if the driver accepted them.
     features: u64,
     bounce: Vec<u8>,
+    /// Whether the first `process` has looked at the negotiated features
+    /// (`BlkRoNotAccepted`).
+    checked_features: bool,
 }
 
-/// How a request ended: the status byte and how many data bytes were
-/// written into the chain's device-writable buffers before it.
+/// A driver requirement a request broke, with what exactly the driver did.
+type Broken = (Rule, String);
+
+/// How a request ended: the status byte, how many data bytes were written
+/// into the chain's device-writable buffers before it, and the rule the
+/// request broke though the device answered it.
 struct Outcome {
     status: u8,
     written: u64,
+    broke: Option<Broken>,
 }
 
 impl Outcome {
     fn status(status: u8) -> Self {
-        Outcome { status, written: 0 }
+        Outcome {
+            status,
+            written: 0,
+            broke: None,
+        }
     }
+
+    /// Answered with `status`, as the device always answered such a
+    /// request, and `rule` reported.
+    fn refused(status: u8, rule: Rule, detail: String) -> Self {
+        Outcome {
+            broke: Some((rule, detail)),
+            ..Outcome::status(status)
+        }
+    }
+}
+
+/// What `process` puts on the used ring for one chain, and the rule to
+/// report for it (at most one per request: the first found).
+struct Answer {
+    len: u32,
+    broke: Option<Broken>,
 }
 
 /// The request as read from the chain, for checks and violation details.
@@ -162,6 +207,7 @@ impl BlockQueue {
             disk,
             features,
             bounce: vec![0; BOUNCE_LEN],
+            checked_features: false,
         }
     }
 
@@ -169,8 +215,38 @@ impl BlockQueue {
         self.features & (1 << bit) != 0
     }
 
-    /// Serves one chain; returns the used length (data written + status).
-    fn request(&mut self, chain: &Chain, mem: &GuestMemoryMmap) -> Result<u32, Violation> {
+    /// Whether a write must be stable when it completes (§5.2.6.2): with
+    /// neither CONFIG_WCE nor FLUSH negotiated (FLUSH is always offered),
+    /// or with CONFIG_WCE and `writeback` 0. Otherwise the driver flushes.
+    fn writethrough(&self) -> bool {
+        if self.negotiated(VIRTIO_BLK_F_CONFIG_WCE) {
+            !self.disk.writeback.load(Ordering::SeqCst)
+        } else {
+            !self.negotiated(VIRTIO_BLK_F_FLUSH)
+        }
+    }
+
+    /// `BlkRoNotAccepted` (§5.2.6.1, a SHOULD): checked at the first
+    /// `process` of an activation, the first moment the handler can
+    /// report anything; a driver that never notifies is not warned.
+    fn check_features(&mut self, queue: &mut CheckedQueue) {
+        if std::mem::replace(&mut self.checked_features, true) {
+            return;
+        }
+        if self.disk.read_only && !self.negotiated(VIRTIO_BLK_F_RO) {
+            queue.warn(
+                Rule::BlkRoNotAccepted,
+                format!(
+                    "the disk is read-only and offers VIRTIO_BLK_F_RO, but the driver accepted features {:#x} without it",
+                    self.features
+                ),
+            );
+        }
+    }
+
+    /// Serves one chain: the used length (data written + status) and the
+    /// rule it broke, if any, that the device still answered.
+    fn request(&mut self, chain: &Chain, mem: &GuestMemoryMmap) -> Result<Answer, Violation> {
         let (readable, writable) = (chain.readable_len(), chain.writable_len());
         let head = chain.head;
         if readable == 0 {
@@ -234,6 +310,7 @@ impl BlockQueue {
             ));
         }
 
+        let layout = self.legacy_layout(&req, chain);
         let outcome = self.serve(&req, chain, mem)?;
         // The status byte is the last byte of the last writable buffer.
         if let Some(last) = chain.writable().last() {
@@ -241,7 +318,40 @@ impl BlockQueue {
             mem.write_obj(outcome.status, at)
                 .map_err(|e| memory_violation(head, e))?;
         }
-        Ok(u32::try_from(outcome.written + 1).unwrap_or(u32::MAX))
+        Ok(Answer {
+            len: u32::try_from(outcome.written + 1).unwrap_or(u32::MAX),
+            broke: layout.or(outcome.broke),
+        })
+    }
+
+    /// §5.2.6.4: on the legacy interface without VIRTIO_F_ANY_LAYOUT the
+    /// header is a descriptor of its own and the status byte the last,
+    /// 1-byte descriptor. The spec says "a single 8-byte descriptor
+    /// containing type, reserved and sector"; those are 16 bytes (an
+    /// erratum), and 16 is what legacy drivers send. The device copes with
+    /// any layout, so the request is still served.
+    fn legacy_layout(&self, req: &Request, chain: &Chain) -> Option<Broken> {
+        let modern_or_any = feature::VERSION_1 | 1 << VIRTIO_F_ANY_LAYOUT;
+        if self.features & modern_or_any != 0 {
+            return None;
+        }
+        let (first, last) = (chain.buffers.first()?, chain.buffers.last()?);
+        if !first.writable && u64::from(first.len) == HEADER_LEN && last.writable && last.len == 1 {
+            return None;
+        }
+        let what = |b: &Buffer| {
+            let dir = if b.writable { "writable" } else { "readable" };
+            format!("{} device-{dir} bytes", b.len)
+        };
+        Some((
+            Rule::BlkLegacyHeaderLayout,
+            format!(
+                "{}: on the legacy interface without VIRTIO_F_ANY_LAYOUT the 16-byte header and the status byte each need a descriptor of their own (the spec's \"8-byte\" is an erratum), but the first descriptor holds {} and the last {}",
+                req.describe(),
+                what(first),
+                what(last)
+            ),
+        ))
     }
 
     /// Decides the status of a well-formed request and does its I/O.
@@ -268,32 +378,77 @@ impl BlockQueue {
             );
             return Ok(Outcome::status(S_UNSUPP));
         }
-        let writes = matches!(
-            req.kind,
-            VIRTIO_BLK_T_OUT | VIRTIO_BLK_T_DISCARD | VIRTIO_BLK_T_WRITE_ZEROES
-        );
-        if writes && self.disk.read_only {
-            log::debug!("virtio-blk: {}: the disk is read-only", req.describe());
-            return Ok(Outcome::status(S_IOERR));
-        }
         match req.kind {
             VIRTIO_BLK_T_IN | VIRTIO_BLK_T_OUT => self.read_write(req, chain, mem),
-            VIRTIO_BLK_T_FLUSH => Ok(Outcome::status(match self.disk.file.sync_data() {
-                Ok(()) => S_OK,
-                Err(e) => host_error(&self.disk, req, "fdatasync", &e),
-            })),
-            VIRTIO_BLK_T_GET_ID => {
-                let n = (req.in_len as usize).min(ID_LEN);
-                let written = chain
-                    .write_all(mem, &self.disk.id[..n])
-                    .map_err(|e| memory_violation(req.head, e))?;
-                Ok(Outcome {
-                    status: S_OK,
-                    written: u64::from(written),
-                })
-            }
+            VIRTIO_BLK_T_FLUSH => Ok(self.flush(req)),
+            VIRTIO_BLK_T_GET_ID => self.get_id(req, chain, mem),
             _ => self.discard_or_zero(req, chain, mem),
         }
+    }
+
+    /// Refuses a write to a read-only disk (§5.2.6.2: IOERR, nothing
+    /// written).
+    fn read_only(&self, req: &Request) -> Option<Outcome> {
+        if !self.disk.read_only {
+            return None;
+        }
+        log::debug!("virtio-blk: {}: the disk is read-only", req.describe());
+        Some(Outcome::status(S_IOERR))
+    }
+
+    /// T_FLUSH: sector 0 and no data (§5.2.6.1); either way the cache is
+    /// flushed, as a driver that asks for a flush wants.
+    fn flush(&self, req: &Request) -> Outcome {
+        let status = match self.disk.file.sync_data() {
+            Ok(()) => S_OK,
+            Err(e) => host_error(&self.disk, req, "fdatasync", &e),
+        };
+        let data = req.out_len + req.in_len;
+        let broke = if req.sector != 0 {
+            Some((
+                Rule::BlkFlushSectorNotZero,
+                format!("{}: a flush names sector {}", req.describe(), req.sector),
+            ))
+        } else if data != 0 {
+            Some((
+                Rule::BlkFlushWithData,
+                format!("{}: a flush carries {data} data bytes", req.describe()),
+            ))
+        } else {
+            None
+        };
+        Outcome {
+            broke,
+            ..Outcome::status(status)
+        }
+    }
+
+    /// T_GET_ID: exactly 20 bytes (§5.2.6.1); other lengths get what fits,
+    /// as before the rule was checked.
+    fn get_id(
+        &self,
+        req: &Request,
+        chain: &Chain,
+        mem: &GuestMemoryMmap,
+    ) -> Result<Outcome, Violation> {
+        let n = (req.in_len as usize).min(ID_LEN);
+        let written = chain
+            .write_all(mem, &self.disk.id[..n])
+            .map_err(|e| memory_violation(req.head, e))?;
+        let broke = (req.in_len != ID_LEN as u64).then(|| {
+            (
+                Rule::BlkGetIdLength,
+                format!(
+                    "{}: GET_ID takes exactly {ID_LEN} bytes of data",
+                    req.describe()
+                ),
+            )
+        });
+        Ok(Outcome {
+            status: S_OK,
+            written: u64::from(written),
+            broke,
+        })
     }
 
     /// T_IN and T_OUT: whole sectors within the disk, or no I/O at all.
@@ -305,20 +460,34 @@ impl BlockQueue {
     ) -> Result<Outcome, Violation> {
         let reading = req.kind == VIRTIO_BLK_T_IN;
         let len = if reading { req.in_len } else { req.out_len };
-        if len % SECTOR_SIZE != 0 {
-            log::debug!(
-                "virtio-blk: {}: not a whole number of sectors",
-                req.describe()
-            );
-            return Ok(Outcome::status(S_IOERR));
+        if !len.is_multiple_of(SECTOR_SIZE) {
+            return Ok(Outcome::refused(
+                S_IOERR,
+                Rule::BlkDataNotSectorMultiple,
+                format!(
+                    "{}: {len} data bytes are not a whole number of {SECTOR_SIZE}-byte sectors",
+                    req.describe()
+                ),
+            ));
         }
         if !in_range(req.sector, len / SECTOR_SIZE, self.disk.capacity) {
-            log::debug!(
-                "virtio-blk: {}: beyond the disk's {} sectors",
+            let beyond = format!(
+                "{}: beyond the disk's {} sectors",
                 req.describe(),
                 self.disk.capacity
             );
-            return Ok(Outcome::status(S_IOERR));
+            // An empty transfer past the end reads or writes nothing:
+            // refused, but no rule names it.
+            if len == 0 {
+                log::debug!("virtio-blk: {beyond}");
+                return Ok(Outcome::status(S_IOERR));
+            }
+            return Ok(Outcome::refused(S_IOERR, Rule::BlkBeyondCapacity, beyond));
+        }
+        if !reading {
+            if let Some(refused) = self.read_only(req) {
+                return Ok(refused);
+            }
         }
         let parts = if reading {
             pieces(chain.writable(), 0, len)
@@ -346,6 +515,7 @@ impl BlockQueue {
                     return Ok(Outcome {
                         status: host_error(&self.disk, req, op, &e),
                         written,
+                        broke: None,
                     });
                 }
                 if reading {
@@ -357,10 +527,30 @@ impl BlockQueue {
                 offset += n as u64;
             }
         }
+        if !reading && len > 0 {
+            if let Err(e) = self.stable() {
+                return Ok(Outcome::status(host_error(
+                    &self.disk,
+                    req,
+                    "fdatasync",
+                    &e,
+                )));
+            }
+        }
         Ok(Outcome {
             status: S_OK,
             written,
+            broke: None,
         })
+    }
+
+    /// Makes completed writes stable before they are reported, when the
+    /// driver has no writeback cache to flush ([`Self::writethrough`]).
+    fn stable(&self) -> io::Result<()> {
+        if self.writethrough() {
+            self.disk.file.sync_data()?;
+        }
+        Ok(())
     }
 
     /// T_DISCARD and T_WRITE_ZEROES: every segment is checked before any
@@ -372,40 +562,75 @@ impl BlockQueue {
         mem: &GuestMemoryMmap,
     ) -> Result<Outcome, Violation> {
         let zeroing = req.kind == VIRTIO_BLK_T_WRITE_ZEROES;
+        let (limit, field) = if zeroing {
+            (MAX_WRITE_ZEROES_SEG, "max_write_zeroes_seg")
+        } else {
+            (MAX_DISCARD_SEG, "max_discard_seg")
+        };
         let count = req.out_len / SEGMENT_LEN;
-        let whole = count * SEGMENT_LEN == req.out_len;
-        if count == 0 || !whole || count > u64::from(MAX_DISCARD_SEG) {
-            log::debug!(
-                "virtio-blk: {}: want 1 to {MAX_DISCARD_SEG} whole 16-byte segments",
-                req.describe()
-            );
+        if !req.out_len.is_multiple_of(SEGMENT_LEN) || count > u64::from(limit) {
+            return Ok(Outcome::refused(
+                S_IOERR,
+                Rule::BlkDiscardSegments,
+                format!(
+                    "{}: {} bytes of segments; they must be whole {SEGMENT_LEN}-byte segments, at most {limit} ({field})",
+                    req.describe(),
+                    req.out_len
+                ),
+            ));
+        }
+        if count == 0 {
+            // Whole segments, none of them: no rule names it, but there is
+            // nothing to carry out.
+            log::debug!("virtio-blk: {}: no segments", req.describe());
             return Ok(Outcome::status(S_IOERR));
         }
-        // count <= MAX_DISCARD_SEG, so this is small.
+        // count <= the segment limit, so this is small.
         let bytes = chain
             .read_all(mem, (HEADER_LEN + req.out_len) as usize)
             .map_err(|e| memory_violation(req.head, e))?;
         let mut segments = Vec::new();
-        for seg in bytes[HEADER_LEN as usize..].chunks_exact(SEGMENT_LEN as usize) {
+        for (i, seg) in bytes[HEADER_LEN as usize..]
+            .chunks_exact(SEGMENT_LEN as usize)
+            .enumerate()
+        {
             let mut sector = [0u8; 8];
             sector.copy_from_slice(&seg[..8]);
             let sector = u64::from_le_bytes(sector);
             let num = u32::from_le_bytes([seg[8], seg[9], seg[10], seg[11]]);
             let flags = u32::from_le_bytes([seg[12], seg[13], seg[14], seg[15]]);
-            // UNMAP is the only flag, and only for write-zeroes (§5.2.6.2).
-            let known = if zeroing {
-                VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP
-            } else {
-                0
-            };
-            if flags & !known != 0 {
+            let unmap = flags & VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP != 0;
+            if unmap && !zeroing {
+                // §5.2.6.2: the device answers UNSUPP.
+                return Ok(Outcome::refused(
+                    S_UNSUPP,
+                    Rule::BlkDiscardUnmap,
+                    format!("{}: segment {i} has the unmap bit set", req.describe()),
+                ));
+            }
+            // UNMAP is the only flag (§5.2.6.2: unknown flags are UNSUPP).
+            if flags & !VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP != 0 {
                 log::debug!(
                     "virtio-blk: {}: segment flags {flags:#x} unknown",
                     req.describe()
                 );
                 return Ok(Outcome::status(S_UNSUPP));
             }
-            if num > MAX_DISCARD_SECTORS || !in_range(sector, u64::from(num), self.disk.capacity) {
+            let fits = in_range(sector, u64::from(num), self.disk.capacity);
+            if zeroing && !fits {
+                // Writing zeros is a write; a discard beyond the end
+                // writes nothing and is merely refused below.
+                return Ok(Outcome::refused(
+                    S_IOERR,
+                    Rule::BlkBeyondCapacity,
+                    format!(
+                        "{}: segment {i} ({num} sectors at {sector}) is beyond the disk's {} sectors",
+                        req.describe(),
+                        self.disk.capacity
+                    ),
+                ));
+            }
+            if num > MAX_DISCARD_SECTORS || !fits {
                 log::debug!(
                     "virtio-blk: {}: segment of {num} sectors at {sector} is too long or beyond the disk's {} sectors",
                     req.describe(),
@@ -413,8 +638,10 @@ impl BlockQueue {
                 );
                 return Ok(Outcome::status(S_IOERR));
             }
-            let unmap = flags & VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP != 0;
             segments.push((sector * SECTOR_SIZE, u64::from(num) * SECTOR_SIZE, unmap));
+        }
+        if let Some(refused) = self.read_only(req) {
+            return Ok(refused);
         }
         for (offset, len, unmap) in segments {
             let r = if zeroing {
@@ -425,6 +652,16 @@ impl BlockQueue {
             if let Err(e) = r {
                 let op = if zeroing { "write-zeroes" } else { "discard" };
                 return Ok(Outcome::status(host_error(&self.disk, req, op, &e)));
+            }
+        }
+        if zeroing {
+            if let Err(e) = self.stable() {
+                return Ok(Outcome::status(host_error(
+                    &self.disk,
+                    req,
+                    "fdatasync",
+                    &e,
+                )));
             }
         }
         Ok(Outcome::status(S_OK))
@@ -502,10 +739,18 @@ impl QueueHandler for BlockQueue {
         queue: &mut CheckedQueue,
         mem: &GuestMemoryMmap,
     ) -> Result<bool, Violation> {
+        self.check_features(queue);
         let mut used = false;
         while let Some(chain) = queue.pop(mem)? {
-            let len = self.request(&chain, mem)?;
-            queue.add_used(mem, chain.head, len)?;
+            let answer = self.request(&chain, mem)?;
+            queue.add_used(mem, chain.head, answer.len)?;
+            // Answered first, then reported: the worker hands the rule to
+            // the transport after `process`, so a MUST still stops a
+            // strict run, and under --lenient the device goes on. (See
+            // the module docs; `warn` records any level.)
+            if let Some((rule, detail)) = answer.broke {
+                queue.warn(rule, detail);
+            }
             used = true;
         }
         Ok(used)
@@ -518,7 +763,7 @@ mod tests {
     use std::path::Path;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
-    use virtio_bindings::bindings::virtio_blk::{VIRTIO_BLK_F_RO, VIRTIO_BLK_T_SCSI_CMD};
+    use virtio_bindings::bindings::virtio_blk::VIRTIO_BLK_T_SCSI_CMD;
     use virtio_bindings::bindings::virtio_ring::{
         VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC, VRING_DESC_F_INDIRECT,
         VRING_DESC_F_NEXT, VRING_DESC_F_WRITE,
@@ -526,6 +771,7 @@ mod tests {
     use virtio_queue::desc::split::Descriptor;
     use virtio_queue::desc::RawDescriptor;
     use virtio_queue::mock::MockSplitQueue;
+    use vmm_sys_util::eventfd::EventFd;
 
     use super::*;
     use crate::virtio::block::{Block, BlockConfig, BlockError, QUEUE_SIZE};
@@ -545,7 +791,10 @@ mod tests {
     const F_FLUSH: u64 = 1 << VIRTIO_BLK_F_FLUSH;
     const F_DISCARD: u64 = 1 << VIRTIO_BLK_F_DISCARD;
     const F_WZ: u64 = 1 << VIRTIO_BLK_F_WRITE_ZEROES;
-    const ALL: u64 = F_FLUSH | F_DISCARD | F_WZ;
+    const F_RO: u64 = 1 << VIRTIO_BLK_F_RO;
+    const F_WCE: u64 = 1 << VIRTIO_BLK_F_CONFIG_WCE;
+    /// What a modern driver accepts; most tests take it.
+    const ALL: u64 = F_FLUSH | F_DISCARD | F_WZ | feature::VERSION_1;
 
     /// A disk image under the temp dir, removed when dropped.
     struct TempDisk(PathBuf);
@@ -642,30 +891,47 @@ mod tests {
         (vq, q)
     }
 
-    /// Processes chain 0 and returns (status byte, used length).
-    fn finish(
+    /// What processing one chain gave: the status byte, the used length
+    /// and what the handler recorded on the queue for the worker to report.
+    type Reply = (u8, u32, Vec<Violation>);
+
+    /// Processes chain 0 (already offered on `q`).
+    fn finish_reporting(
         h: &mut dyn QueueHandler,
         mut q: CheckedQueue,
         mem: &GuestMemoryMmap,
         status_at: u64,
-    ) -> Result<(u8, u32), Violation> {
+    ) -> Result<Reply, Violation> {
         mem.write_obj(0xffu8, GuestAddress(status_at)).unwrap();
         assert!(h.process(&mut q, mem)?);
         let used_idx = mem.read_obj::<u16>(GuestAddress(USED + 2)).unwrap();
         let id = mem.read_obj::<u32>(GuestAddress(USED + 4)).unwrap();
         assert_eq!((used_idx, id), (1, 0));
         let len = mem.read_obj::<u32>(GuestAddress(USED + 8)).unwrap();
-        Ok((mem.read_obj(GuestAddress(status_at)).unwrap(), len))
+        let status = mem.read_obj(GuestAddress(status_at)).unwrap();
+        Ok((status, len, q.take_warnings()))
+    }
+
+    /// [`finish_reporting`] for a request that must break no rule:
+    /// (status byte, used length).
+    fn finish(
+        h: &mut dyn QueueHandler,
+        q: CheckedQueue,
+        mem: &GuestMemoryMmap,
+        status_at: u64,
+    ) -> Result<(u8, u32), Violation> {
+        let (status, len, reported) = finish_reporting(h, q, mem, status_at)?;
+        assert!(reported.is_empty(), "reported: {reported:?}");
+        Ok((status, len))
     }
 
     /// Offers one direct chain of (address, length, device-writable)
-    /// buffers and processes it.
-    fn run_with(
-        h: &mut dyn QueueHandler,
+    /// buffers; returns the queue and where its status byte is.
+    fn offer(
         mem: &GuestMemoryMmap,
         features: u64,
         bufs: &[(u64, u32, bool)],
-    ) -> Result<(u8, u32), Violation> {
+    ) -> (CheckedQueue, u64) {
         let (vq, q) = queue(mem, features);
         for (i, &(addr, len, w)) in bufs.iter().enumerate() {
             let last = i + 1 == bufs.len();
@@ -681,7 +947,30 @@ mod tests {
             .rev()
             .find(|b| b.2)
             .map_or(STATUS, |b| b.0 + u64::from(b.1) - 1);
+        (q, status_at)
+    }
+
+    /// Offers a chain ([`offer`]) and processes it; the request must break
+    /// no rule.
+    fn run_with(
+        h: &mut dyn QueueHandler,
+        mem: &GuestMemoryMmap,
+        features: u64,
+        bufs: &[(u64, u32, bool)],
+    ) -> Result<(u8, u32), Violation> {
+        let (q, status_at) = offer(mem, features, bufs);
         finish(h, q, mem, status_at)
+    }
+
+    /// [`run_with`] for a request that may break a rule.
+    fn run_reporting(
+        h: &mut dyn QueueHandler,
+        mem: &GuestMemoryMmap,
+        features: u64,
+        bufs: &[(u64, u32, bool)],
+    ) -> Result<Reply, Violation> {
+        let (q, status_at) = offer(mem, features, bufs);
+        finish_reporting(h, q, mem, status_at)
     }
 
     fn run(
@@ -692,15 +981,15 @@ mod tests {
         run_with(h, mem, ALL, bufs)
     }
 
-    /// header, data buffers (all of `writable`), status.
-    fn simple(
-        h: &mut dyn QueueHandler,
+    /// Writes a header of `kind` for `sector` at HDR; returns the chain:
+    /// header, data buffers at DATA (all of `writable`), status.
+    fn simple_chain(
         mem: &GuestMemoryMmap,
         kind: u32,
         sector: u64,
         data: &[u32],
         writable: bool,
-    ) -> Result<(u8, u32), Violation> {
+    ) -> Vec<(u64, u32, bool)> {
         header(mem, HDR, kind, sector);
         let mut bufs = vec![(HDR, 16, false)];
         let mut at = DATA;
@@ -709,7 +998,48 @@ mod tests {
             at += u64::from(len);
         }
         bufs.push((STATUS, 1, true));
-        run(h, mem, &bufs)
+        bufs
+    }
+
+    fn simple(
+        h: &mut dyn QueueHandler,
+        mem: &GuestMemoryMmap,
+        kind: u32,
+        sector: u64,
+        data: &[u32],
+        writable: bool,
+    ) -> Result<(u8, u32), Violation> {
+        let chain = simple_chain(mem, kind, sector, data, writable);
+        run(h, mem, &chain)
+    }
+
+    fn simple_reporting(
+        h: &mut dyn QueueHandler,
+        mem: &GuestMemoryMmap,
+        kind: u32,
+        sector: u64,
+        data: &[u32],
+        writable: bool,
+    ) -> Result<Reply, Violation> {
+        let chain = simple_chain(mem, kind, sector, data, writable);
+        run_reporting(h, mem, ALL, &chain)
+    }
+
+    /// A request answered with `status` (and `used` bytes) that broke
+    /// `rule`, recorded once on the queue with `needle` in its detail.
+    fn expect_reported(
+        r: Result<Reply, Violation>,
+        (status, used): (u8, u32),
+        rule: Rule,
+        needle: &str,
+    ) {
+        let (s, len, reported) = r.unwrap();
+        let [v] = &reported[..] else {
+            panic!("reported {reported:?}, wanted one {rule:?}");
+        };
+        assert_eq!((v.rule, v.queue), (rule, Some(0)), "{v}");
+        assert!(v.detail.contains(needle), "{v}");
+        assert_eq!((s, len), (status, used), "{v}");
     }
 
     fn guest(mem: &GuestMemoryMmap, at: u64, len: usize) -> Vec<u8> {
@@ -832,7 +1162,7 @@ mod tests {
     }
 
     #[test]
-    fn out_of_range_is_ioerr_and_touches_nothing() {
+    fn beyond_capacity_is_ioerr_reported_and_touches_nothing() {
         let disk = TempDisk::new(16 * SECTOR);
         let before = disk.contents();
         let mut b = open(&disk, false, None);
@@ -840,28 +1170,21 @@ mod tests {
         let mem = ram();
         mem.write_slice(&[0x55; 2 * SECTOR], GuestAddress(DATA))
             .unwrap();
+        // Across the end, just past it, and sectors whose byte offset or
+        // end overflows.
         for sector in [15, 16, u64::MAX, u64::MAX / 512] {
-            let r = simple(
-                h.as_mut(),
-                &mem,
-                VIRTIO_BLK_T_OUT,
-                sector,
-                &[2 * SECTOR as u32],
-                false,
-            );
-            assert_eq!(r.unwrap(), (S_IOERR, 1), "sector {sector}");
-            let r = simple(
-                h.as_mut(),
-                &mem,
-                VIRTIO_BLK_T_IN,
-                sector,
-                &[2 * SECTOR as u32],
-                true,
-            );
-            assert_eq!(r.unwrap(), (S_IOERR, 1), "sector {sector}");
+            for (kind, writable) in [(VIRTIO_BLK_T_OUT, false), (VIRTIO_BLK_T_IN, true)] {
+                let data = [2 * SECTOR as u32];
+                let r = simple_reporting(h.as_mut(), &mem, kind, sector, &data, writable);
+                let needle = "beyond the disk's 16 sectors";
+                expect_reported(r, (S_IOERR, 1), Rule::BlkBeyondCapacity, needle);
+            }
             assert_eq!(guest(&mem, DATA, 2 * SECTOR), vec![0x55; 2 * SECTOR]);
         }
         assert_eq!(disk.contents(), before);
+        // An empty transfer past the end moves nothing: refused, no rule.
+        let r = simple(h.as_mut(), &mem, VIRTIO_BLK_T_IN, 17, &[], true);
+        assert_eq!(r.unwrap(), (S_IOERR, 1));
         // The last sector itself is fine.
         let r = simple(
             h.as_mut(),
@@ -875,23 +1198,20 @@ mod tests {
     }
 
     #[test]
-    fn partial_sectors_are_ioerr() {
+    fn partial_sectors_are_ioerr_and_reported() {
         let disk = TempDisk::new(16 * SECTOR);
         let before = disk.contents();
         let mut b = open(&disk, false, None);
         let mut h = handler(&mut b, ALL);
         let mem = ram();
-        let r = simple(
-            h.as_mut(),
-            &mem,
-            VIRTIO_BLK_T_OUT,
-            0,
-            &[SECTOR as u32 + 1],
-            false,
-        );
-        assert_eq!(r.unwrap(), (S_IOERR, 1));
-        let r = simple(h.as_mut(), &mem, VIRTIO_BLK_T_IN, 0, &[100], true);
-        assert_eq!(r.unwrap(), (S_IOERR, 1));
+        let data = [SECTOR as u32 + 1];
+        let r = simple_reporting(h.as_mut(), &mem, VIRTIO_BLK_T_OUT, 0, &data, false);
+        let needle = "513 data bytes are not a whole number of 512-byte sectors";
+        expect_reported(r, (S_IOERR, 1), Rule::BlkDataNotSectorMultiple, needle);
+        // Beyond the end as well: the length is checked first.
+        let r = simple_reporting(h.as_mut(), &mem, VIRTIO_BLK_T_IN, 99, &[100], true);
+        let needle = "request 0 (T_IN, sector 99): 0 device-readable data bytes after the header, 100 device-writable";
+        expect_reported(r, (S_IOERR, 1), Rule::BlkDataNotSectorMultiple, needle);
         assert_eq!(disk.contents(), before);
         // No data at all is a valid, empty transfer.
         let r = simple(h.as_mut(), &mem, VIRTIO_BLK_T_IN, 0, &[], true);
@@ -905,8 +1225,9 @@ mod tests {
         assert_eq!(b.capacity(), 2);
         let mut h = handler(&mut b, ALL);
         let mem = ram();
-        let r = simple(h.as_mut(), &mem, VIRTIO_BLK_T_IN, 2, &[SECTOR as u32], true);
-        assert_eq!(r.unwrap(), (S_IOERR, 1));
+        let r = simple_reporting(h.as_mut(), &mem, VIRTIO_BLK_T_IN, 2, &[SECTOR as u32], true);
+        let needle = "beyond the disk's 2 sectors";
+        expect_reported(r, (S_IOERR, 1), Rule::BlkBeyondCapacity, needle);
     }
 
     #[test]
@@ -952,6 +1273,37 @@ mod tests {
     }
 
     #[test]
+    fn flush_with_a_sector_or_data_is_served_and_reported() {
+        let disk = TempDisk::new(8 * SECTOR);
+        let mut b = open(&disk, false, None);
+        let mut h = handler(&mut b, ALL);
+        let mem = ram();
+        let r = simple_reporting(h.as_mut(), &mem, VIRTIO_BLK_T_FLUSH, 5, &[], false);
+        expect_reported(
+            r,
+            (S_OK, 1),
+            Rule::BlkFlushSectorNotZero,
+            "a flush names sector 5",
+        );
+        let r = simple_reporting(h.as_mut(), &mem, VIRTIO_BLK_T_FLUSH, 0, &[512], false);
+        expect_reported(
+            r,
+            (S_OK, 1),
+            Rule::BlkFlushWithData,
+            "a flush carries 512 data bytes",
+        );
+        assert_eq!(
+            Rule::BlkFlushWithData.level(),
+            crate::virtio::rules::Level::Should
+        );
+        let r = simple_reporting(h.as_mut(), &mem, VIRTIO_BLK_T_FLUSH, 0, &[7], true);
+        expect_reported(r, (S_OK, 1), Rule::BlkFlushWithData, "7 data bytes");
+        // Both: the MUST is the one reported.
+        let r = simple_reporting(h.as_mut(), &mem, VIRTIO_BLK_T_FLUSH, 1, &[512], false);
+        expect_reported(r, (S_OK, 1), Rule::BlkFlushSectorNotZero, "sector 1");
+    }
+
+    #[test]
     fn get_id_default_and_given_serial() {
         let disk = TempDisk::new(8 * SECTOR);
         let name = disk.0.file_name().unwrap().to_str().unwrap().to_string();
@@ -964,17 +1316,33 @@ mod tests {
         assert_eq!(guest(&mem, DATA, 20), name.as_bytes()[..20].to_vec());
 
         let mut b = open(&disk, true, Some("disk-7"));
-        let mut h = handler(&mut b, 0);
+        let mut h = handler(&mut b, F_RO);
         mem.write_slice(&[0xff; 32], GuestAddress(DATA)).unwrap();
-        let r = simple(h.as_mut(), &mem, VIRTIO_BLK_T_GET_ID, 0, &[32], true);
+        let r = simple(h.as_mut(), &mem, VIRTIO_BLK_T_GET_ID, 0, &[8, 12], true);
         assert_eq!(r.unwrap(), (S_OK, 21));
         let mut want = b"disk-7".to_vec();
         want.resize(20, 0);
         want.extend([0xff; 12]);
         assert_eq!(guest(&mem, DATA, 32), want);
-        // A short buffer gets what fits.
-        let r = simple(h.as_mut(), &mem, VIRTIO_BLK_T_GET_ID, 0, &[4], true);
-        assert_eq!(r.unwrap(), (S_OK, 5));
+    }
+
+    #[test]
+    fn get_id_of_other_lengths_is_answered_and_reported() {
+        let disk = TempDisk::new(8 * SECTOR);
+        let mut b = open(&disk, false, Some("disk-7"));
+        let mut h = handler(&mut b, ALL);
+        let mem = ram();
+        mem.write_slice(&[0xff; 32], GuestAddress(DATA)).unwrap();
+        // Longer: the 20 bytes; shorter: what fits; none: nothing.
+        for (len, used) in [(32, 21), (4, 5), (0, 1)] {
+            let data: &[u32] = if len == 0 { &[] } else { &[len] };
+            let r = simple_reporting(h.as_mut(), &mem, VIRTIO_BLK_T_GET_ID, 0, data, true);
+            let needle = format!(
+                "{len} device-writable data bytes before the status byte: GET_ID takes exactly 20"
+            );
+            expect_reported(r, (S_OK, used), Rule::BlkGetIdLength, &needle);
+        }
+        assert_eq!(guest(&mem, DATA, 7), b"disk-7\0");
     }
 
     // --- discard, write-zeroes ---
@@ -1032,20 +1400,32 @@ mod tests {
         let mem = ram();
         let chain = [(HDR, 16, false), (DATA, 16, false), (STATUS, 1, true)];
         header(&mem, HDR, VIRTIO_BLK_T_DISCARD, 0);
-        // UNMAP means nothing for discard.
+        // The unmap bit must be 0 in a discard: UNSUPP (§5.2.6.2).
         segment(&mem, DATA, 0, 8, VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP);
+        let r = run_reporting(h.as_mut(), &mem, ALL, &chain);
+        expect_reported(
+            r,
+            (S_UNSUPP, 1),
+            Rule::BlkDiscardUnmap,
+            "segment 0 has the unmap bit set",
+        );
+        // Unknown flags are UNSUPP too, but no driver rule names them.
+        segment(&mem, DATA, 0, 8, 0x4);
         assert_eq!(run(h.as_mut(), &mem, &chain).unwrap(), (S_UNSUPP, 1));
+        // Beyond the end (a discard writes nothing, so no rule), too long.
         for (sector, num) in [(60, 8), (u64::MAX, 8), (0, MAX_DISCARD_SECTORS + 1)] {
             segment(&mem, DATA, sector, num, 0);
             assert_eq!(run(h.as_mut(), &mem, &chain).unwrap(), (S_IOERR, 1));
         }
-        // Two segments (more than max_discard_seg), a partial one, none.
+        // Two segments (more than max_discard_seg), a partial one.
         segment(&mem, DATA, 0, 8, 0);
         segment(&mem, DATA + 16, 8, 8, 0);
-        for len in [32, 20] {
+        for (len, needle) in [(32, "32 bytes of segments"), (20, "20 bytes of segments")] {
             let chain = [(HDR, 16, false), (DATA, len, false), (STATUS, 1, true)];
-            assert_eq!(run(h.as_mut(), &mem, &chain).unwrap(), (S_IOERR, 1));
+            let r = run_reporting(h.as_mut(), &mem, ALL, &chain);
+            expect_reported(r, (S_IOERR, 1), Rule::BlkDiscardSegments, needle);
         }
+        // None at all: whole segments within the limit, but nothing to do.
         let chain = [(HDR, 16, false), (STATUS, 1, true)];
         assert_eq!(run(h.as_mut(), &mem, &chain).unwrap(), (S_IOERR, 1));
         assert_eq!(disk.contents(), before);
@@ -1066,8 +1446,21 @@ mod tests {
         assert_eq!(run(h.as_mut(), &mem, &chain).unwrap(), (S_OK, 1));
         segment(&mem, DATA, 40, 1, 0x2);
         assert_eq!(run(h.as_mut(), &mem, &chain).unwrap(), (S_UNSUPP, 1));
+        // Zeroing past the end is a write beyond the capacity.
         segment(&mem, DATA, 60, 5, 0);
-        assert_eq!(run(h.as_mut(), &mem, &chain).unwrap(), (S_IOERR, 1));
+        let r = run_reporting(h.as_mut(), &mem, ALL, &chain);
+        let needle = "segment 0 (5 sectors at 60) is beyond the disk's 64 sectors";
+        expect_reported(r, (S_IOERR, 1), Rule::BlkBeyondCapacity, needle);
+        // More than max_write_zeroes_seg segments.
+        segment(&mem, DATA + 16, 8, 8, 0);
+        let two = [(HDR, 16, false), (DATA, 32, false), (STATUS, 1, true)];
+        let r = run_reporting(h.as_mut(), &mem, ALL, &two);
+        expect_reported(
+            r,
+            (S_IOERR, 1),
+            Rule::BlkDiscardSegments,
+            "at most 1 (max_write_zeroes_seg)",
+        );
 
         let after = disk.contents();
         assert_eq!(after.len(), before.len());
@@ -1089,8 +1482,8 @@ mod tests {
         let before = disk.contents();
         let mut b = open(&disk, true, None);
         assert!(b.read_only());
-        assert_ne!(b.features() & 1 << VIRTIO_BLK_F_RO, 0);
-        let mut h = handler(&mut b, ALL);
+        assert_ne!(b.features() & F_RO, 0);
+        let mut h = handler(&mut b, ALL | F_RO);
         let mem = ram();
         let r = simple(
             h.as_mut(),
@@ -1157,6 +1550,148 @@ mod tests {
         // The successful discard / write-zeroes zeroed sectors 0..8 only.
         let after = disk.contents();
         assert_eq!(after[8 * SECTOR..], before[8 * SECTOR..]);
+    }
+
+    // --- what the handler reports without ending the queue ---
+
+    #[test]
+    fn a_reported_request_is_answered_and_the_queue_goes_on() {
+        let disk = TempDisk::new(8 * SECTOR);
+        let mut b = open(&disk, false, None);
+        let mut h = handler(&mut b, ALL);
+        let mem = ram();
+        let (vq, mut q) = queue(&mem, ALL);
+        // Request 0 reads beyond the end, request 3 reads sector 0.
+        for (r, sector) in [(0u16, 8u64), (3, 0)] {
+            let hdr = HDR + 16 * u64::from(r);
+            header(&mem, hdr, VIRTIO_BLK_T_IN, sector);
+            let data = DATA + SECTOR as u64 * u64::from(r);
+            vq.desc_table()
+                .store(r, desc(hdr, 16, NEXT, r + 1))
+                .unwrap();
+            let d = desc(data, SECTOR as u32, WRITE | NEXT, r + 2);
+            vq.desc_table().store(r + 1, d).unwrap();
+            let status = desc(STATUS + u64::from(r), 1, WRITE, 0);
+            vq.desc_table().store(r + 2, status).unwrap();
+        }
+        vq.avail().ring().ref_at(0).unwrap().store(0);
+        vq.avail().ring().ref_at(1).unwrap().store(3);
+        vq.avail().idx().store(2);
+        assert!(h.process(&mut q, &mem).unwrap());
+        assert_eq!(mem.read_obj::<u16>(GuestAddress(USED + 2)).unwrap(), 2);
+        assert_eq!(guest(&mem, STATUS, 4), vec![S_IOERR, 0, 0, S_OK]);
+        let reported: Vec<Rule> = q.take_warnings().iter().map(|v| v.rule).collect();
+        assert_eq!(reported, [Rule::BlkBeyondCapacity]);
+        let third = DATA + 3 * SECTOR as u64;
+        assert_eq!(guest(&mem, third, SECTOR), disk.sectors(0, 1));
+    }
+
+    #[test]
+    fn ro_not_accepted_is_warned_once_per_activation() {
+        let disk = TempDisk::new(8 * SECTOR);
+        let mem = ram();
+        let mut ro = open(&disk, true, None);
+        for (features, warned) in [(ALL, true), (ALL | F_RO, false)] {
+            let mut h = handler(&mut ro, features);
+            let (_vq, mut q) = queue(&mem, features);
+            assert!(!h.process(&mut q, &mem).unwrap());
+            let reported = q.take_warnings();
+            assert_eq!(reported.len(), usize::from(warned), "{reported:?}");
+            if let Some(v) = reported.first() {
+                assert_eq!(v.rule, Rule::BlkRoNotAccepted);
+                assert!(v.detail.contains("without it"), "{v}");
+            }
+            assert!(!h.process(&mut q, &mem).unwrap());
+            assert!(q.take_warnings().is_empty());
+        }
+        // A writable disk does not offer RO.
+        let mut rw = open(&disk, false, None);
+        let mut h = handler(&mut rw, ALL);
+        let (_vq, mut q) = queue(&mem, ALL);
+        assert!(!h.process(&mut q, &mem).unwrap());
+        assert!(q.take_warnings().is_empty());
+    }
+
+    #[test]
+    fn legacy_framing_header_and_status_in_descriptors_of_their_own() {
+        let disk = TempDisk::new(8 * SECTOR);
+        let mut b = open(&disk, false, None);
+        let legacy = F_FLUSH;
+        let mut h = handler(&mut b, legacy);
+        let mem = ram();
+        header(&mem, HDR, VIRTIO_BLK_T_IN, 1);
+        let good = [(HDR, 16, false), (DATA, 512, true), (STATUS, 1, true)];
+        assert_eq!(
+            run_with(h.as_mut(), &mem, legacy, &good).unwrap(),
+            (S_OK, 513)
+        );
+        // Header and data of a write in one descriptor: served all the same.
+        header(&mem, DATA, VIRTIO_BLK_T_OUT, 2);
+        mem.write_slice(&[0x3c; SECTOR], GuestAddress(DATA + 16))
+            .unwrap();
+        let merged = [(DATA, 16 + 512, false), (STATUS, 1, true)];
+        let r = run_reporting(h.as_mut(), &mem, legacy, &merged);
+        let needle =
+            "the first descriptor holds 528 device-readable bytes and the last 1 device-writable";
+        expect_reported(r, (S_OK, 1), Rule::BlkLegacyHeaderLayout, needle);
+        assert_eq!(disk.sectors(2, 1), vec![0x3c; SECTOR]);
+        // A read with the status byte at the end of its data buffer.
+        header(&mem, HDR, VIRTIO_BLK_T_IN, 1);
+        let tail = [(HDR, 16, false), (DATA, 513, true)];
+        let r = run_reporting(h.as_mut(), &mem, legacy, &tail);
+        let needle = "and the last 513 device-writable bytes";
+        expect_reported(r, (S_OK, 513), Rule::BlkLegacyHeaderLayout, needle);
+        // A flush whose header comes in two halves.
+        header(&mem, HDR, VIRTIO_BLK_T_FLUSH, 0);
+        let split = [(HDR, 8, false), (HDR + 8, 8, false), (STATUS, 1, true)];
+        let r = run_reporting(h.as_mut(), &mem, legacy, &split);
+        let needle = "the first descriptor holds 8 device-readable bytes";
+        expect_reported(r, (S_OK, 1), Rule::BlkLegacyHeaderLayout, needle);
+        // With ANY_LAYOUT negotiated, or on the modern interface, any
+        // layout is fine.
+        header(&mem, DATA, VIRTIO_BLK_T_OUT, 2);
+        for features in [legacy | 1 << VIRTIO_F_ANY_LAYOUT, ALL] {
+            let mut h = handler(&mut b, features);
+            let r = run_with(h.as_mut(), &mem, features, &merged);
+            assert_eq!(r.unwrap(), (S_OK, 1));
+        }
+    }
+
+    #[test]
+    fn writes_are_stable_when_the_driver_cannot_flush() {
+        let disk = TempDisk::new(8 * SECTOR);
+        let mut b = open(&disk, false, None);
+        let writethrough =
+            |b: &mut Block, features| BlockQueue::new(b.disk.clone(), features).writethrough();
+        // FLUSH (a writeback cache the driver flushes) or neither.
+        assert!(!writethrough(&mut b, ALL));
+        assert!(writethrough(&mut b, ALL & !F_FLUSH));
+        // CONFIG_WCE: whatever `writeback` says.
+        assert!(!writethrough(&mut b, ALL | F_WCE));
+        b.write_config(32, &[0]);
+        assert!(writethrough(&mut b, ALL | F_WCE));
+        b.write_config(32, &[1]);
+        assert!(!writethrough(&mut b, ALL | F_WCE));
+        // Not 0 or 1, or not writeback: ignored.
+        b.write_config(32, &[2]);
+        b.write_config(0, &[0; 4]);
+        assert_eq!(config(&b, 32, 1), [1]);
+        assert_eq!(config_u32(&b, 0), 8);
+    }
+
+    #[test]
+    fn writeback_starts_at_0_with_config_wce_but_not_flush() {
+        let disk = TempDisk::new(8 * SECTOR);
+        let mut b = open(&disk, false, None);
+        assert_eq!(config(&b, 32, 1), [1]);
+        b.activate(ALL | F_WCE);
+        assert_eq!(config(&b, 32, 1), [1]);
+        b.activate((ALL | F_WCE) & !F_FLUSH);
+        assert_eq!(config(&b, 32, 1), [0]);
+        b.reset();
+        assert_eq!(config(&b, 32, 1), [1]);
+        b.write_config(32, &[0]);
+        assert_eq!(config(&b, 32, 4), [0, 0, 0, 0]);
     }
 
     // --- driver bugs ---
@@ -1235,7 +1770,7 @@ mod tests {
         assert_eq!((b.device_type(), b.name()), (2, "virtio-blk"));
         assert_eq!(b.queue_max_sizes(), &[256]);
         assert_eq!(b.path(), disk.0.as_path());
-        let want = [1, 2, 6, 9, 13, 14, 28, 29]
+        let want = [1, 2, 6, 9, 11, 13, 14, 28, 29]
             .iter()
             .fold(0u64, |f, bit| f | 1 << bit);
         assert_eq!(b.features(), want);
@@ -1279,6 +1814,156 @@ mod tests {
         assert_eq!(config(&b, 56, 8), vec![1, 0, 0, 0, 0, 0, 0, 0]);
         assert_eq!(config(&b, 0x100, 4), vec![0; 4]);
         assert_eq!(config(&b, usize::MAX, 2), vec![0; 2]);
+    }
+
+    #[test]
+    fn config_fields_cover_virtio_blk_config_without_gaps() {
+        let fields = crate::virtio::block::BLK_CONFIG_FIELDS;
+        let mut end = 0;
+        for f in fields {
+            assert_eq!(f.offset, end, "{} does not follow its predecessor", f.name);
+            assert!(f.len % u16::from(f.elem) == 0 && f.offset % u16::from(f.elem.min(4)) == 0);
+            assert_eq!(
+                f.feature.count_ones(),
+                u32::from(f.feature != 0),
+                "{}",
+                f.name
+            );
+            end = f.offset + f.len;
+        }
+        assert_eq!(
+            end, 96,
+            "struct virtio_blk_config with the zoned characteristics"
+        );
+        let at = |name| fields.iter().find(|f| f.name == name).unwrap();
+        assert_eq!(at("capacity").feature, 0);
+        assert_eq!(at("num_queues").offset, 34);
+        assert_eq!(at("max_secure_erase_sectors").offset, 60);
+        let wb = at("writeback");
+        assert!(wb.after_features_ok && wb.offset == 32 && wb.feature == F_WCE);
+        assert_eq!(fields.iter().filter(|f| f.after_features_ok).count(), 1);
+    }
+
+    /// A Core over a real virtio-blk, for the configuration checks.
+    fn blk_core(
+        version: crate::virtio::transport::core::Version,
+        disk: &TempDisk,
+    ) -> (
+        crate::virtio::transport::core::Core,
+        Arc<crate::virtio::transport::testing::FakeHooks>,
+    ) {
+        use crate::virtio::transport::core::{Core, Doorbell, Names};
+        use crate::virtio::transport::VmHooks;
+        struct NoBell;
+        impl Doorbell for NoBell {
+            fn connect(&mut self, _: &dyn VmHooks, _: Names, _: u64, _: &[(u16, &EventFd)]) {}
+            fn disconnect(&mut self, _: &dyn VmHooks, _: &str) {}
+        }
+        let hooks = Arc::new(crate::virtio::transport::testing::FakeHooks::new(false));
+        let dev = Box::new(open(disk, false, None));
+        let core = Core::new(dev, version, 2, hooks.clone(), 2, Box::new(NoBell));
+        (core, hooks)
+    }
+
+    /// What Linux 6.1's virtio_blk reads on our device (virtblk_probe and
+    /// friends, each only with its feature negotiated), at the width its
+    /// modern `vp_get` uses: (offset, bytes). `capacity` is a 64-bit
+    /// field, which `vp_get` reads as two 32-bit halves.
+    const LINUX_READS: &[(u64, usize)] = &[
+        (12, 4), // seg_max
+        (0, 4),  // capacity, low
+        (4, 4),  // capacity, high
+        (32, 1), // writeback (wce)
+        (8, 4),  // size_max
+        (20, 4), // blk_size
+        (44, 4), // discard_sector_alignment
+        (36, 4), // max_discard_sectors
+        (40, 4), // max_discard_seg
+        (48, 4), // max_write_zeroes_sectors
+    ];
+
+    #[test]
+    fn linux_config_reads_break_no_rule_and_bad_ones_are_named() {
+        use crate::virtio::device::status::{ACKNOWLEDGE, DRIVER, FEATURES_OK};
+        use crate::virtio::transport::core::Version;
+        let disk = TempDisk::new(0x1234 * SECTOR);
+        for version in [Version::Modern, Version::Legacy] {
+            let (mut core, hooks) = blk_core(version, &disk);
+            core.write_status(ACKNOWLEDGE, 0);
+            core.write_status(ACKNOWLEDGE | DRIVER, 0);
+            // A driver may look at the configuration before accepting.
+            let mut cap = [0u8; 4];
+            core.read_config(0, &mut cap);
+            let offered = core.offered();
+            core.write_driver_features(0, offered as u32);
+            core.write_driver_features(1, (offered >> 32) as u32);
+            if version == Version::Modern {
+                core.write_status(ACKNOWLEDGE | DRIVER | FEATURES_OK, 0);
+            }
+            let mut got = Vec::new();
+            for &(offset, len) in LINUX_READS {
+                let mut buf = vec![0u8; len];
+                match version {
+                    Version::Modern => core.read_config(offset, &mut buf),
+                    // The legacy vp_get reads byte by byte.
+                    Version::Legacy => {
+                        for (i, b) in buf.iter_mut().enumerate() {
+                            core.read_config(offset + i as u64, std::slice::from_mut(b));
+                        }
+                    }
+                }
+                got.push(buf);
+            }
+            assert_eq!(hooks.take_violations(), [], "{version:?}");
+            assert_eq!(got[1], 0x1234u32.to_le_bytes(), "{version:?}");
+            assert_eq!(got[3], [1], "{version:?}: writeback");
+            // Changing the cache mode later, as Linux's cache_type does.
+            core.write_config(32, &[0]);
+            assert_eq!(hooks.take_violations(), [], "{version:?}");
+            // Fields of features not offered, whatever the interface.
+            for (offset, len, name) in [
+                (34, 2, "num_queues"),
+                (16, 2, "geometry.cylinders"),
+                (60, 4, "max_secure_erase_sectors"),
+            ] {
+                core.read_config(offset, &mut vec![0; len]);
+                let v = hooks.take_violations();
+                assert_eq!(
+                    v.iter().map(|v| v.rule).collect::<Vec<_>>(),
+                    [Rule::ConfigFieldNotOffered],
+                    "{version:?} {name}"
+                );
+                assert!(v[0].detail.contains(name), "{}", v[0]);
+            }
+        }
+
+        // The modern interface only: widths and FEATURES_OK.
+        let (mut core, hooks) = blk_core(Version::Modern, &disk);
+        core.write_status(ACKNOWLEDGE, 0);
+        core.write_status(ACKNOWLEDGE | DRIVER, 0);
+        let expect = |rule: Rule, needle: &str| {
+            let v = hooks.take_violations();
+            assert_eq!(
+                v.iter().map(|v| v.rule).collect::<Vec<_>>(),
+                [rule],
+                "{needle}"
+            );
+            assert!(v[0].detail.contains(needle), "{}", v[0]);
+        };
+        core.read_config(0, &mut [0; 8]);
+        expect(Rule::ConfigAccessWidth, "8-byte read at config offset 0x0");
+        core.read_config(20, &mut [0; 2]);
+        expect(Rule::ConfigAccessWidth, "2-byte read at config offset 0x14");
+        core.read_config(32, &mut [0; 1]);
+        expect(
+            Rule::BlkWritebackBeforeFeaturesOk,
+            "(writeback) before FEATURES_OK",
+        );
+        core.write_config(0, &[0; 4]);
+        expect(
+            Rule::ConfigWriteBeforeFeaturesOk,
+            "(capacity) before FEATURES_OK",
+        );
     }
 
     // --- open errors ---

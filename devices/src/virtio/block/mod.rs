@@ -4,11 +4,13 @@
 //! This module says who the device is: it opens the backing file at
 //! startup (so a missing or unwritable image is reported before the guest
 //! runs), works out the capacity, and serves the feature bits and the
-//! `struct virtio_blk_config` the driver reads. What a request on the
-//! single request queue means — reads, writes, flushes, GET_ID, discard,
-//! write-zeroes, and which malformed requests are driver bugs — lives in
-//! `handler.rs`, which moves data between guest RAM and the file with
-//! positional I/O (`pread`/`pwrite`) on the worker thread.
+//! `struct virtio_blk_config` the driver reads, with its layout for the
+//! strict checks of configuration accesses ([`BLK_CONFIG_FIELDS`]) and
+//! its one writable field, `writeback` (VIRTIO_BLK_F_CONFIG_WCE). What a
+//! request on the single request queue means — reads, writes, flushes,
+//! GET_ID, discard, write-zeroes, and which requests break a driver rule —
+//! lives in `handler.rs`, which moves data between guest RAM and the file
+//! with positional I/O (`pread`/`pwrite`) on the worker thread.
 
 mod handler;
 
@@ -16,15 +18,18 @@ use std::fs::{File, OpenOptions};
 use std::io::{self, Seek, SeekFrom};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use thiserror::Error;
 use virtio_bindings::bindings::virtio_blk::{
-    VIRTIO_BLK_F_BLK_SIZE, VIRTIO_BLK_F_DISCARD, VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_RO,
-    VIRTIO_BLK_F_SEG_MAX, VIRTIO_BLK_F_SIZE_MAX, VIRTIO_BLK_F_WRITE_ZEROES, VIRTIO_BLK_ID_BYTES,
+    VIRTIO_BLK_F_BLK_SIZE, VIRTIO_BLK_F_CONFIG_WCE, VIRTIO_BLK_F_DISCARD, VIRTIO_BLK_F_FLUSH,
+    VIRTIO_BLK_F_GEOMETRY, VIRTIO_BLK_F_MQ, VIRTIO_BLK_F_RO, VIRTIO_BLK_F_SECURE_ERASE,
+    VIRTIO_BLK_F_SEG_MAX, VIRTIO_BLK_F_SIZE_MAX, VIRTIO_BLK_F_TOPOLOGY, VIRTIO_BLK_F_WRITE_ZEROES,
+    VIRTIO_BLK_F_ZONED, VIRTIO_BLK_ID_BYTES,
 };
 
-use super::device::{feature, QueueHandler, VirtioDevice};
+use super::device::{feature, ConfigField, QueueHandler, VirtioDevice};
 use handler::{BlockQueue, Disk};
 
 /// The unit of `capacity` and of request sectors, whatever `blk_size` says.
@@ -38,8 +43,10 @@ pub const SEG_MAX: u32 = QUEUE_SIZE as u32 - 2;
 pub const SIZE_MAX: u32 = 1 << 20;
 /// Sectors one discard or write-zeroes segment may cover (2 GiB).
 pub const MAX_DISCARD_SECTORS: u32 = 1 << 22;
-/// Segments per discard or write-zeroes request.
+/// Segments per discard request (`max_discard_seg`).
 pub const MAX_DISCARD_SEG: u32 = 1;
+/// Segments per write-zeroes request (`max_write_zeroes_seg`).
+pub const MAX_WRITE_ZEROES_SEG: u32 = 1;
 /// Discard granularity hint in sectors: 4 KiB, the usual host block size,
 /// so punched holes free whole blocks.
 pub const DISCARD_SECTOR_ALIGNMENT: u32 = 8;
@@ -48,6 +55,64 @@ pub const DISCARD_SECTOR_ALIGNMENT: u32 = 8;
 const CONFIG_LEN: usize = 60;
 /// Bytes of the GET_ID string.
 const ID_LEN: usize = VIRTIO_BLK_ID_BYTES as usize;
+/// Where `writeback` is in the configuration space.
+const WRITEBACK: usize = 32;
+
+/// `struct virtio_blk_config` field by field (virtio 1.2 §5.2.4, and the
+/// `zoned` characteristics of 1.3), each with the feature that makes it
+/// exist. Fields of features this device does not offer are listed too, so
+/// that a driver touching them is `ConfigFieldNotOffered`; padding is
+/// always there and harmless to read. Linux 6.1 reads each field it uses
+/// at its own width (`capacity` as two 32-bit halves) and only when the
+/// feature was negotiated, so it never trips these checks.
+pub const BLK_CONFIG_FIELDS: &[ConfigField] = {
+    const fn f(name: &'static str, offset: u16, len: u16, elem: u8, bit: u32) -> ConfigField {
+        ConfigField::with(name, offset, len, elem, 1 << bit)
+    }
+    use VIRTIO_BLK_F_DISCARD as DISCARD;
+    use VIRTIO_BLK_F_GEOMETRY as GEOMETRY;
+    use VIRTIO_BLK_F_SECURE_ERASE as SECURE_ERASE;
+    use VIRTIO_BLK_F_TOPOLOGY as TOPOLOGY;
+    use VIRTIO_BLK_F_WRITE_ZEROES as WRITE_ZEROES;
+    use VIRTIO_BLK_F_ZONED as ZONED;
+    &[
+        ConfigField::always("capacity", 0, 8, 8),
+        f("size_max", 8, 4, 4, VIRTIO_BLK_F_SIZE_MAX),
+        f("seg_max", 12, 4, 4, VIRTIO_BLK_F_SEG_MAX),
+        f("geometry.cylinders", 16, 2, 2, GEOMETRY),
+        f("geometry.heads", 18, 1, 1, GEOMETRY),
+        f("geometry.sectors", 19, 1, 1, GEOMETRY),
+        f("blk_size", 20, 4, 4, VIRTIO_BLK_F_BLK_SIZE),
+        f("topology.physical_block_exp", 24, 1, 1, TOPOLOGY),
+        f("topology.alignment_offset", 25, 1, 1, TOPOLOGY),
+        f("topology.min_io_size", 26, 2, 2, TOPOLOGY),
+        f("topology.opt_io_size", 28, 4, 4, TOPOLOGY),
+        // §5.2.5.1: not to be read before FEATURES_OK, feature or not.
+        ConfigField {
+            after_features_ok: true,
+            ..f("writeback", 32, 1, 1, VIRTIO_BLK_F_CONFIG_WCE)
+        },
+        ConfigField::always("unused0", 33, 1, 1),
+        f("num_queues", 34, 2, 2, VIRTIO_BLK_F_MQ),
+        f("max_discard_sectors", 36, 4, 4, DISCARD),
+        f("max_discard_seg", 40, 4, 4, DISCARD),
+        f("discard_sector_alignment", 44, 4, 4, DISCARD),
+        f("max_write_zeroes_sectors", 48, 4, 4, WRITE_ZEROES),
+        f("max_write_zeroes_seg", 52, 4, 4, WRITE_ZEROES),
+        f("write_zeroes_may_unmap", 56, 1, 1, WRITE_ZEROES),
+        ConfigField::always("unused1", 57, 3, 1),
+        f("max_secure_erase_sectors", 60, 4, 4, SECURE_ERASE),
+        f("max_secure_erase_seg", 64, 4, 4, SECURE_ERASE),
+        f("secure_erase_sector_alignment", 68, 4, 4, SECURE_ERASE),
+        f("zoned.zone_sectors", 72, 4, 4, ZONED),
+        f("zoned.max_open_zones", 76, 4, 4, ZONED),
+        f("zoned.max_active_zones", 80, 4, 4, ZONED),
+        f("zoned.max_append_sectors", 84, 4, 4, ZONED),
+        f("zoned.write_granularity", 88, 4, 4, ZONED),
+        f("zoned.model", 92, 1, 1, ZONED),
+        f("zoned.unused2", 93, 3, 1, ZONED),
+    ]
+};
 
 /// How to attach one disk, as given on the command line.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -114,6 +179,7 @@ impl Block {
                 capacity,
                 read_only: cfg.read_only,
                 id,
+                writeback: AtomicBool::new(true),
             }),
         })
     }
@@ -200,14 +266,12 @@ fn config_space(capacity: u64) -> [u8; CONFIG_LEN] {
     // geometry @16: zeros (VIRTIO_BLK_F_GEOMETRY is not offered).
     put(20, &(SECTOR_SIZE as u32).to_le_bytes());
     // topology @24: zeros (VIRTIO_BLK_F_TOPOLOGY is not offered).
-    // writeback @32: the host page cache is a write-back cache, which is
-    // why FLUSH is offered; only read with VIRTIO_BLK_F_CONFIG_WCE.
-    put(32, &[1]);
+    // writeback @32: read from the disk's live mode (see `read_config`).
     put(36, &MAX_DISCARD_SECTORS.to_le_bytes());
     put(40, &MAX_DISCARD_SEG.to_le_bytes());
     put(44, &DISCARD_SECTOR_ALIGNMENT.to_le_bytes());
     put(48, &MAX_DISCARD_SECTORS.to_le_bytes());
-    put(52, &MAX_DISCARD_SEG.to_le_bytes());
+    put(52, &MAX_WRITE_ZEROES_SEG.to_le_bytes());
     // write_zeroes_may_unmap @56: an UNMAP write-zeroes may punch a hole.
     put(56, &[1]);
     c
@@ -228,6 +292,7 @@ impl VirtioDevice for Block {
             VIRTIO_BLK_F_SEG_MAX,
             VIRTIO_BLK_F_BLK_SIZE,
             VIRTIO_BLK_F_FLUSH,
+            VIRTIO_BLK_F_CONFIG_WCE,
             VIRTIO_BLK_F_DISCARD,
             VIRTIO_BLK_F_WRITE_ZEROES,
         ]
@@ -244,16 +309,46 @@ impl VirtioDevice for Block {
     }
 
     fn read_config(&self, offset: usize, data: &mut [u8]) {
+        let writeback = u8::from(self.disk.writeback.load(Ordering::SeqCst));
         for (i, b) in data.iter_mut().enumerate() {
-            *b = offset
-                .checked_add(i)
-                .and_then(|at| self.config.get(at))
-                .copied()
-                .unwrap_or(0);
+            *b = match offset.checked_add(i) {
+                Some(WRITEBACK) => writeback,
+                at => at.and_then(|at| self.config.get(at)).copied().unwrap_or(0),
+            };
         }
     }
 
+    /// Only `writeback` is writable (§5.2.6.1: 0 writethrough, 1
+    /// writeback); other writes change nothing.
+    fn write_config(&mut self, offset: usize, data: &[u8]) {
+        match (offset, data) {
+            (WRITEBACK, &[mode @ (0 | 1)]) => {
+                log::debug!("virtio-blk: writeback = {mode}");
+                self.disk.writeback.store(mode == 1, Ordering::SeqCst);
+            }
+            _ => log::debug!("virtio-blk: config write at {offset:#x} ignored: {data:02x?}"),
+        }
+    }
+
+    fn config_fields(&self) -> &'static [ConfigField] {
+        BLK_CONFIG_FIELDS
+    }
+
+    /// §5.2.5.2: with CONFIG_WCE but not FLUSH negotiated, `writeback`
+    /// starts at 0. The device learns the features only now, at
+    /// DRIVER_OK; a driver reading `writeback` between FEATURES_OK and
+    /// DRIVER_OK still sees 1 (a hook at FEATURES_OK would close that gap).
     fn activate(&mut self, features: u64) -> Vec<Box<dyn QueueHandler>> {
+        let has = |bit: u32| features & (1 << bit) != 0;
+        if has(VIRTIO_BLK_F_CONFIG_WCE) && !has(VIRTIO_BLK_F_FLUSH) {
+            self.disk.writeback.store(false, Ordering::SeqCst);
+        }
         vec![Box::new(BlockQueue::new(self.disk.clone(), features))]
+    }
+
+    /// The cache mode after a reset is writeback again (§5.2.5: either
+    /// is allowed; the host page cache is one).
+    fn reset(&mut self) {
+        self.disk.writeback.store(true, Ordering::SeqCst);
     }
 }

@@ -112,6 +112,25 @@ impl VirtioDevice for Console {
         // not offer.
         data.fill(0);
     }
+    /// `struct virtio_console_config` (§5.3.4): every field belongs to a
+    /// feature this device does not offer (SIZE, bit 0; MULTIPORT, 1;
+    /// EMERG_WRITE, 2), so any access is `ConfigFieldNotOffered`. Linux
+    /// 6.1 reads `cols` and `rows` without checking SIZE only on a
+    /// configuration interrupt, which this console raises only under
+    /// `--lenient` after a violation.
+    fn config_fields(&self) -> &'static [crate::virtio::device::ConfigField] {
+        use crate::virtio::device::ConfigField;
+        const SIZE: u64 = 1 << 0;
+        const MULTIPORT: u64 = 1 << 1;
+        const EMERG_WRITE: u64 = 1 << 2;
+        const FIELDS: &[ConfigField] = &[
+            ConfigField::with("cols", 0, 2, 2, SIZE),
+            ConfigField::with("rows", 2, 2, 2, SIZE),
+            ConfigField::with("max_nr_ports", 4, 4, 4, MULTIPORT),
+            ConfigField::with("emerg_wr", 8, 4, 4, EMERG_WRITE),
+        ];
+        FIELDS
+    }
     fn activate(&mut self, _features: u64) -> Vec<Box<dyn QueueHandler>> {
         vec![
             Box::new(Receive {
