@@ -162,7 +162,7 @@ pub struct CheckedQueue {
     /// yet). A second exposure of a head while the first lasts is
     /// `BufferReusedInFlight` (§3.3.1 of 1.2).
     exposed: Vec<u16>,
-    /// Findings that are not MUSTs, for the worker to report.
+    /// Findings the device got past, for the worker to report.
     warnings: Vec<Violation>,
 }
 
@@ -264,15 +264,18 @@ impl CheckedQueue {
         }
     }
 
-    /// Records a finding that does not stop the queue (a SHOULD, a device
-    /// limit); the worker reports it after the handler returns.
-    pub fn warn(&mut self, rule: Rule, detail: String) {
+    /// Records a rule a request broke that the device handled anyway (a
+    /// SHOULD, a device limit, or a MUST the device still answered, such
+    /// as a read past the capacity getting IOERR): the worker reports it
+    /// after the handler returns, with its level's consequences, and goes
+    /// on. A MUST the handler cannot get past is its `Err` instead.
+    pub fn record(&mut self, rule: Rule, detail: String) {
         let v = self.violation(rule, detail);
         self.warnings.push(v);
     }
 
     /// The findings recorded since the last call.
-    pub fn take_warnings(&mut self) -> Vec<Violation> {
+    pub fn take_findings(&mut self) -> Vec<Violation> {
         std::mem::take(&mut self.warnings)
     }
 
@@ -1117,7 +1120,7 @@ mod tests {
         // warning for the worker to report.
         let chain = q.pop(&mem).unwrap().unwrap();
         assert_eq!(chain.buffers.len(), 2);
-        let w = q.take_warnings();
+        let w = q.take_findings();
         assert_eq!(w.len(), 1, "{w:?}");
         assert_eq!(
             (w[0].rule, w[0].queue),
@@ -1128,7 +1131,7 @@ mod tests {
             "{}",
             w[0]
         );
-        assert!(q.take_warnings().is_empty(), "taken once");
+        assert!(q.take_findings().is_empty(), "taken once");
     }
 
     #[test]
@@ -1175,10 +1178,10 @@ mod tests {
         put(&vq, 0, desc(0x1000, 8, WRITE, 0));
         offer(&vq, 0);
         assert_eq!(q.pop(&mem).unwrap().unwrap().head, 0);
-        assert!(q.take_warnings().is_empty());
+        assert!(q.take_findings().is_empty());
         offer(&vq, 0);
         assert_eq!(q.pop(&mem).unwrap().unwrap().head, 0, "served all the same");
-        let w = q.take_warnings();
+        let w = q.take_findings();
         assert_eq!(w.len(), 1, "{w:?}");
         assert_eq!(w[0].rule, Rule::BufferReusedInFlight);
         assert!(w[0].detail.contains("head 0"), "{}", w[0]);
@@ -1188,7 +1191,7 @@ mod tests {
         offer(&vq, 0);
         offer(&vq, 0);
         assert_eq!(q.pop(&mem).unwrap().unwrap().head, 0);
-        assert_eq!(q.take_warnings().len(), 1);
+        assert_eq!(q.take_findings().len(), 1);
 
         // Once used, it may come again.
         let (vq, mut q) = setup(&mem, 6, 0);
@@ -1197,7 +1200,7 @@ mod tests {
         q.add_used(&mem, 0, 8).unwrap();
         offer(&vq, 0);
         assert_eq!(q.pop(&mem).unwrap().unwrap().head, 0);
-        assert!(q.take_warnings().is_empty());
+        assert!(q.take_findings().is_empty());
     }
 
     #[test]

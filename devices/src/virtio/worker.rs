@@ -6,8 +6,9 @@
 //! device's backend descriptor, if it has one, and a stop eventfd), runs
 //! the device's [`QueueHandler`] over the [`CheckedQueue`], and interrupts
 //! the guest through [`Interrupt`] when the driver wants to hear about used
-//! buffers. A MUST the driver breaks ends the worker and is reported;
-//! lesser findings (warnings the queue or handler recorded) are reported
+//! buffers. A rule the handler cannot get past (its `Err`) ends the worker
+//! and is reported; findings the queue or handler recorded and got past
+//! (`CheckedQueue::record`) are reported with their level's consequences
 //! and the worker goes on.
 //!
 //! ```text
@@ -116,7 +117,7 @@ fn run(mut s: WorkerSetup, stop: EventFd) {
             }
         }
         let result = s.handler.process(&mut s.queue, &s.mem);
-        for warning in s.queue.take_warnings() {
+        for warning in s.queue.take_findings() {
             (s.violations)(warning);
         }
         match result {

@@ -234,7 +234,7 @@ impl BlockQueue {
             return;
         }
         if self.disk.read_only && !self.negotiated(VIRTIO_BLK_F_RO) {
-            queue.warn(
+            queue.record(
                 Rule::BlkRoNotAccepted,
                 format!(
                     "the disk is read-only and offers VIRTIO_BLK_F_RO, but the driver accepted features {:#x} without it",
@@ -749,7 +749,7 @@ impl QueueHandler for BlockQueue {
             // strict run, and under --lenient the device goes on. (See
             // the module docs; `warn` records any level.)
             if let Some((rule, detail)) = answer.broke {
-                queue.warn(rule, detail);
+                queue.record(rule, detail);
             }
             used = true;
         }
@@ -909,7 +909,7 @@ mod tests {
         assert_eq!((used_idx, id), (1, 0));
         let len = mem.read_obj::<u32>(GuestAddress(USED + 8)).unwrap();
         let status = mem.read_obj(GuestAddress(status_at)).unwrap();
-        Ok((status, len, q.take_warnings()))
+        Ok((status, len, q.take_findings()))
     }
 
     /// [`finish_reporting`] for a request that must break no rule:
@@ -1580,7 +1580,7 @@ mod tests {
         assert!(h.process(&mut q, &mem).unwrap());
         assert_eq!(mem.read_obj::<u16>(GuestAddress(USED + 2)).unwrap(), 2);
         assert_eq!(guest(&mem, STATUS, 4), vec![S_IOERR, 0, 0, S_OK]);
-        let reported: Vec<Rule> = q.take_warnings().iter().map(|v| v.rule).collect();
+        let reported: Vec<Rule> = q.take_findings().iter().map(|v| v.rule).collect();
         assert_eq!(reported, [Rule::BlkBeyondCapacity]);
         let third = DATA + 3 * SECTOR as u64;
         assert_eq!(guest(&mem, third, SECTOR), disk.sectors(0, 1));
@@ -1595,21 +1595,21 @@ mod tests {
             let mut h = handler(&mut ro, features);
             let (_vq, mut q) = queue(&mem, features);
             assert!(!h.process(&mut q, &mem).unwrap());
-            let reported = q.take_warnings();
+            let reported = q.take_findings();
             assert_eq!(reported.len(), usize::from(warned), "{reported:?}");
             if let Some(v) = reported.first() {
                 assert_eq!(v.rule, Rule::BlkRoNotAccepted);
                 assert!(v.detail.contains("without it"), "{v}");
             }
             assert!(!h.process(&mut q, &mem).unwrap());
-            assert!(q.take_warnings().is_empty());
+            assert!(q.take_findings().is_empty());
         }
         // A writable disk does not offer RO.
         let mut rw = open(&disk, false, None);
         let mut h = handler(&mut rw, ALL);
         let (_vq, mut q) = queue(&mem, ALL);
         assert!(!h.process(&mut q, &mem).unwrap());
-        assert!(q.take_warnings().is_empty());
+        assert!(q.take_findings().is_empty());
     }
 
     #[test]
@@ -1964,6 +1964,24 @@ mod tests {
             Rule::ConfigWriteBeforeFeaturesOk,
             "(capacity) before FEATURES_OK",
         );
+        // Writing writeback early is a write before FEATURES_OK (the
+        // writeback rule is about reads).
+        core.write_config(32, &[0]);
+        expect(
+            Rule::ConfigWriteBeforeFeaturesOk,
+            "(writeback) before FEATURES_OK",
+        );
+
+        // A legacy driver may use any width, but one access covering a
+        // field of a feature not offered still touched it.
+        let (mut core, hooks) = blk_core(Version::Legacy, &disk);
+        core.read_config(32, &mut [0; 4]);
+        let v = hooks.take_violations();
+        assert_eq!(
+            v.iter().map(|v| v.rule).collect::<Vec<_>>(),
+            [Rule::ConfigFieldNotOffered]
+        );
+        assert!(v[0].detail.contains("num_queues"), "{}", v[0]);
     }
 
     // --- open errors ---

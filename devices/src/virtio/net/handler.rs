@@ -142,7 +142,7 @@ impl Findings {
             if v.is_fatal() {
                 fatal.get_or_insert(v);
             } else {
-                queue.warn(v.rule, v.detail);
+                queue.record(v.rule, v.detail);
             }
         }
         fatal.map_or(Ok(()), Err)
@@ -322,7 +322,7 @@ impl RxQueue {
         let n = self.negotiated;
         let head = chain.head;
         if let Some(b) = chain.readable().next() {
-            queue.warn(
+            queue.record(
                 Rule::NetRxBufferReadable,
                 format!(
                     "receive chain {head} has a device-readable buffer ({} bytes at {:#x}); the device ignores it",
@@ -356,7 +356,7 @@ impl RxQueue {
             return Ok(true);
         }
         if len < n.rx_min {
-            queue.warn(
+            queue.record(
                 Rule::NetRxBufferSmall,
                 format!(
                     "receive chain {head} holds {len} bytes, less than the {} a whole frame needs without VIRTIO_NET_F_MRG_RXBUF",
@@ -571,7 +571,7 @@ impl TxQueue {
         let v =
             |rule, detail: String| Violation::new(rule, format!("transmit chain {head}{detail}"));
         if let Some(b) = chain.writable().next() {
-            queue.warn(
+            queue.record(
                 Rule::NetTxBufferWritable,
                 format!(
                     "transmit chain {head} has a device-writable buffer ({} bytes at {:#x}); the device ignores it",
@@ -620,7 +620,7 @@ impl TxQueue {
         match header::check_tx(&hdr, len - n.hdr_len as u64, n.features) {
             Err((rule, detail)) => return Err(v(rule, format!(": {detail}"))),
             Ok(Some((rule, detail))) => {
-                queue.warn(rule, format!("transmit chain {head}: {detail}"))
+                queue.record(rule, format!("transmit chain {head}: {detail}"))
             }
             Ok(None) => {}
         }
@@ -873,7 +873,7 @@ mod tests {
         let b = drv.post(&[(0x4000, 60, false)]);
 
         assert!(tx.process(&mut q, &mem).unwrap());
-        assert_eq!(q.take_warnings(), vec![]);
+        assert_eq!(q.take_findings(), vec![]);
         assert_eq!(recv(&mut peer).unwrap(), f);
         assert_eq!(recv(&mut peer).unwrap(), g);
         assert_eq!(recv(&mut peer), None);
@@ -891,7 +891,7 @@ mod tests {
         mem.write_slice(&f, GuestAddress(0x1000)).unwrap();
         let head = drv.post(&[(0x1000, 64, false), (0x2000, 16, true)]);
         assert!(tx.process(&mut q, &mem).unwrap());
-        let w = q.take_warnings();
+        let w = q.take_findings();
         assert_eq!(w.len(), 1, "{w:?}");
         assert_eq!(w[0].rule, Rule::NetTxBufferWritable);
         assert!(
@@ -1070,7 +1070,7 @@ mod tests {
         let f = frame(60, 1);
         peer.write_all(&f).unwrap();
         assert!(rx.process(&mut q, &mem).unwrap());
-        let w = q.take_warnings();
+        let w = q.take_findings();
         assert_eq!(w.len(), 1, "{w:?}");
         assert_eq!(w[0].rule, Rule::NetRxBufferReadable);
         assert!(
@@ -1126,7 +1126,7 @@ mod tests {
         mem.write_slice(&f, GuestAddress(0x1000)).unwrap();
         drv.post(&[(0x1000, f.len() as u32, false)]);
         let r = tx.process(&mut q, &mem);
-        (r, q.take_warnings(), recv(&mut peer).is_some())
+        (r, q.take_findings(), recv(&mut peer).is_some())
     }
 
     /// The header Linux's `xmit_skb` writes for a TSO segment of a TCP/IPv4
@@ -1368,7 +1368,7 @@ mod tests {
         let small = drv.post(&[(0x2000, 512, true)]);
         assert!(rx.process(&mut q, &mem).unwrap());
         assert_eq!(drv.used(), vec![(tiny, 0)]);
-        let w = q.take_warnings();
+        let w = q.take_findings();
         assert_eq!(
             w.iter().map(|v| v.rule).collect::<Vec<_>>(),
             [Rule::NetRxBufferSmall, Rule::NetRxBufferSmall]
@@ -1388,7 +1388,7 @@ mod tests {
         let (mut drv, mut q) = Driver::new(&mem, 0, gso);
         drv.post(&[(0x1000, 1526, true)]);
         assert!(!rx.process(&mut q, &mem).unwrap());
-        let w = q.take_warnings();
+        let w = q.take_findings();
         assert!(
             w.len() == 1 && w[0].detail.contains("less than the 65562"),
             "{w:?}"
@@ -1403,12 +1403,12 @@ mod tests {
         let (_drv, mut rq) = Driver::new(&mem, 0, features);
         let (_drv, mut tq) = Driver::new(&mem, 1, features);
         assert!(!tx.process(&mut tq, &mem).unwrap());
-        let w = tq.take_warnings();
+        let w = tq.take_findings();
         assert_eq!(w.len(), 1, "{w:?}");
         assert_eq!((w[0].rule, w[0].queue), (Rule::NetMacNotAccepted, Some(1)));
         assert!(!tx.process(&mut tq, &mem).unwrap());
         assert!(!rx.process(&mut rq, &mem).unwrap());
-        assert_eq!((tq.take_warnings(), rq.take_warnings()), (vec![], vec![]));
+        assert_eq!((tq.take_findings(), rq.take_findings()), (vec![], vec![]));
     }
 
     #[test]

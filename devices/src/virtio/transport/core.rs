@@ -865,41 +865,54 @@ impl Core {
         }
         let dir = if write { "write" } else { "read" };
         let at = format!("{len}-byte {dir} at config offset {offset:#x}");
-        let Some(f) = fields.iter().find(|f| {
-            let start = u64::from(f.offset);
-            (start..start + u64::from(f.len)).contains(&offset)
-        }) else {
+        let end = offset + len as u64;
+        // Every field the access touches: one for a modern driver (the
+        // width rule keeps it inside one), possibly more for a legacy one,
+        // which may use any width (§4.1.4.10 of 1.2).
+        let touched: Vec<_> = fields
+            .iter()
+            .filter(|f| {
+                let start = u64::from(f.offset);
+                start < end && offset < start + u64::from(f.len)
+            })
+            .collect();
+        let Some(f) = touched.first().copied() else {
             self.violate(Rule::AccessOffset, format!("{at}: no field there"));
             return true;
         };
-        let rel = offset - u64::from(f.offset);
-        let name = f.name;
-        let broken = if f.feature != 0 && self.offered() & f.feature == 0 {
+        let modern = self.version == Version::Modern;
+        let before_features_ok = modern && self.status & status::FEATURES_OK == 0;
+        let rel = offset.saturating_sub(u64::from(f.offset));
+        let offered = self.offered();
+        let broken = if let Some(g) = touched
+            .iter()
+            .find(|g| g.feature != 0 && offered & g.feature == 0)
+        {
             Some((
                 Rule::ConfigFieldNotOffered,
-                format!("{at} ({name}): its feature {:#x} is not offered", f.feature),
+                format!(
+                    "{at} ({}): its feature {:#x} is not offered",
+                    g.name, g.feature
+                ),
             ))
-        } else if self.version == Version::Modern
-            && !natural_width(u64::from(f.elem), rel, len as u64, u64::from(f.len))
+        } else if modern
+            && (u64::from(f.offset) > offset
+                || !natural_width(u64::from(f.elem), rel, len as u64, u64::from(f.len)))
         {
             Some((
                 Rule::ConfigAccessWidth,
-                format!("{at}: {name} has {}-byte elements", f.elem),
+                format!("{at}: {} has {}-byte elements", f.name, f.elem),
             ))
-        } else if self.version == Version::Modern && self.status & status::FEATURES_OK == 0 {
-            if f.after_features_ok {
-                Some((
-                    Rule::BlkWritebackBeforeFeaturesOk,
-                    format!("{at} ({name}) before FEATURES_OK"),
-                ))
-            } else if write {
-                Some((
-                    Rule::ConfigWriteBeforeFeaturesOk,
-                    format!("{at} ({name}) before FEATURES_OK"),
-                ))
-            } else {
-                None
-            }
+        } else if before_features_ok && write {
+            Some((
+                Rule::ConfigWriteBeforeFeaturesOk,
+                format!("{at} ({}) before FEATURES_OK", f.name),
+            ))
+        } else if before_features_ok && f.after_features_ok {
+            Some((
+                Rule::BlkWritebackBeforeFeaturesOk,
+                format!("{at} ({}) before FEATURES_OK", f.name),
+            ))
         } else {
             None
         };
