@@ -303,7 +303,39 @@ pub fn check_stop(device: &str, ids: &str, rule: &str, r: &Run) -> Result<(), St
     if r.output.contains("GUEST-FAIL") || r.output.contains("GUEST-PANIC") {
         return Err("the guest failed before misbehaving".into());
     }
+    // Where the guest was stopped: never after its after-bad deadline
+    // (a launcher that reported only at the power-off would let it get
+    // there); and for a rule caught at the register access, before the
+    // guest's next instruction, so before it could say GUEST-AFTER-BAD.
+    if r.output.contains("GUEST-BAD-DEADLINE") {
+        return Err("the guest ran to its deadline: it was not stopped".into());
+    }
+    if !found_by_a_worker(rule) && r.output.contains("GUEST-AFTER-BAD") {
+        return Err(format!(
+            "{rule} is caught at the register access, but the guest ran on to GUEST-AFTER-BAD"
+        ));
+    }
     Ok(())
+}
+
+/// Whether `rule` is found by a queue's worker thread after the guest's
+/// notification (which KVM takes without stopping the vCPU), rather than
+/// at a register access on the vCPU thread.
+pub fn found_by_a_worker(rule: &str) -> bool {
+    let queue_or_request = [
+        "Avail",
+        "Descriptor",
+        "WriteBeforeRead",
+        "Indirect",
+        "Buffer",
+        "NetTx",
+        "NetRx",
+        "NetLegacy",
+        "Blk",
+        "Console",
+        "Rng",
+    ];
+    rule != "BlkWritebackBeforeFeaturesOk" && queue_or_request.iter().any(|p| rule.starts_with(p))
 }
 
 /// Runs a warning scenario without and with `--warnings-as-errors`: first

@@ -24,7 +24,7 @@
 //! - `bad-<rule>`: one scenario per strict rule, named after it in kebab
 //!   case, breaking it once, then `GUEST-AFTER-BAD` and, if the launcher
 //!   let the guest run on, `GUEST-STATUS <device_status>` (see
-//!   [`after_bad`]). Requests the device still answers print
+//!   [`crate::scenarios::after_bad`]). Requests the device still answers print
 //!   `GUEST-BLK-STATUS <what>=<status>` first. The layouts it cannot
 //!   parse: `bad-blk-writable-header`, `bad-blk-header-too-short` (an
 //!   8-byte header), `bad-blk-no-status-byte`, `bad-blk-data-wrong-direction`
@@ -671,30 +671,16 @@ fn bad_writable_header(_: &Cmdline) -> ! {
     b.vq.set_desc(2, status_byte(0), 1, DESC_WRITE, 0);
     b.vq.push(0);
     b.kick();
-    after_bad(&b.dev)
+    crate::scenarios::after_bad(|| (b.dev).status())
 }
 
-/// Prints `GUEST-AFTER-BAD`, waits (at most 2 s) for DEVICE_NEEDS_RESET,
-/// prints `GUEST-STATUS` and powers off.
-fn after_bad(dev: &Transport) -> ! {
-    println!("GUEST-AFTER-BAD");
-    let mut deadline = Deadline::after(2);
-    while !deadline.expired() {
-        if dev.status() & status::DEVICE_NEEDS_RESET != 0 {
-            break;
-        }
-        core::hint::spin_loop();
-    }
-    println!("GUEST-STATUS {:#04x}", dev.status());
-    power::poweroff()
-}
 
 /// A request that breaks a rule the device still answers: waits for the
-/// answer, prints `GUEST-BLK-STATUS <what>=<status>`, then [`after_bad`].
+/// answer, prints `GUEST-BLK-STATUS <what>=<status>`, then [`crate::scenarios::after_bad`].
 fn bad_request(mut b: Blk, what: &str, kind: u32, sector: u64, buf: Option<Buf>) -> ! {
     let (s, _) = b.request(kind, sector, buf);
     println!("GUEST-BLK-STATUS {what}={s}");
-    after_bad(&b.dev)
+    crate::scenarios::after_bad(|| (b.dev).status())
 }
 
 /// A T_IN request header for sector 0 in slot 0.
@@ -714,7 +700,7 @@ fn bad_header_too_short(_: &Cmdline) -> ! {
     b.vq.set_desc(1, status_byte(0), 1, DESC_WRITE, 0);
     b.vq.push(0);
     b.kick();
-    after_bad(&b.dev)
+    crate::scenarios::after_bad(|| (b.dev).status())
 }
 
 /// A write of one sector whose chain ends with its (readable) data: no
@@ -728,7 +714,7 @@ fn bad_no_status_byte(_: &Cmdline) -> ! {
     b.vq.set_desc(1, data(0), SECTOR as u32, 0, 0);
     b.vq.push(0);
     b.kick();
-    after_bad(&b.dev)
+    crate::scenarios::after_bad(|| (b.dev).status())
 }
 
 /// Where the indirect tables go: the data area's last page.
@@ -755,7 +741,7 @@ fn bad_indirect_with_next(_: &Cmdline) -> ! {
     b.vq.set_desc(1, status_byte(1), 1, DESC_WRITE, 0);
     b.vq.push(0);
     b.kick();
-    after_bad(&b.dev)
+    crate::scenarios::after_bad(|| (b.dev).status())
 }
 
 /// An indirect table whose second entry is itself indirect.
@@ -770,7 +756,7 @@ fn bad_indirect_nested(_: &Cmdline) -> ! {
     b.vq.set_desc(0, t, 32, DESC_INDIRECT, 0);
     b.vq.push(0);
     b.kick();
-    after_bad(&b.dev)
+    crate::scenarios::after_bad(|| (b.dev).status())
 }
 
 /// An indirect table of 40 bytes: not a multiple of 16.
@@ -781,7 +767,7 @@ fn bad_indirect_table_size(_: &Cmdline) -> ! {
     b.vq.set_desc(0, t, 40, DESC_INDIRECT, 0);
     b.vq.push(0);
     b.kick();
-    after_bad(&b.dev)
+    crate::scenarios::after_bad(|| (b.dev).status())
 }
 
 /// A read whose data buffer is device-readable.
@@ -789,7 +775,7 @@ fn bad_data_wrong_direction(_: &Cmdline) -> ! {
     let mut b = Blk::start();
     b.submit(0, T_IN, 0, Buf::write_from(data(0), SECTOR as u32));
     b.kick();
-    after_bad(&b.dev)
+    crate::scenarios::after_bad(|| (b.dev).status())
 }
 
 /// A one-sector read at sector `capacity`, just past the end.
@@ -847,7 +833,7 @@ fn bad_discard_unmap(_: &Cmdline) -> ! {
     let mut b = Blk::start_with(F_DISCARD);
     let s = b.range_request(T_DISCARD, 0, 8, SEGMENT_UNMAP);
     println!("GUEST-BLK-STATUS discard-unmap={s}");
-    after_bad(&b.dev)
+    crate::scenarios::after_bad(|| (b.dev).status())
 }
 
 /// A read-only disk (`,ro`) whose driver does not accept
@@ -879,7 +865,7 @@ fn bad_legacy_header_layout(_: &Cmdline) -> ! {
     b.kick();
     let d = b.wait();
     println!("GUEST-BLK-STATUS legacy-write={}", d.status);
-    after_bad(&b.dev)
+    crate::scenarios::after_bad(|| (b.dev).status())
 }
 
 /// `num_queues` read, though VIRTIO_BLK_F_MQ is not offered.
@@ -889,7 +875,7 @@ fn bad_config_field_not_offered(_: &Cmdline) -> ! {
         fail("not the modern interface")
     };
     core::hint::black_box(read16(dev.device_cfg.addr + cfg::NUM_QUEUES));
-    after_bad(&b.dev)
+    crate::scenarios::after_bad(|| (b.dev).status())
 }
 
 /// `capacity` in one 64-bit read instead of two 32-bit halves.
@@ -899,7 +885,7 @@ fn bad_config_access_width(_: &Cmdline) -> ! {
         fail("not the modern interface")
     };
     core::hint::black_box(read64(dev.device_cfg.addr + cfg::CAPACITY));
-    after_bad(&b.dev)
+    crate::scenarios::after_bad(|| (b.dev).status())
 }
 
 /// A configuration write (to `capacity`, which ignores it) after DRIVER,
@@ -909,7 +895,7 @@ fn bad_config_write_before_features_ok(_: &Cmdline) -> ! {
     dev.begin();
     dev.device_features();
     write32(dev.device_cfg.addr + cfg::CAPACITY, 0);
-    after_bad(&Transport::Modern(dev))
+    crate::scenarios::after_bad(|| dev.status())
 }
 
 /// `writeback` read with the features written but before FEATURES_OK.
@@ -922,7 +908,7 @@ fn bad_writeback_before_features_ok(_: &Cmdline) -> ! {
     }
     dev.set_driver_features(F_VERSION_1 | F_FLUSH | F_CONFIG_WCE);
     core::hint::black_box(read8(dev.device_cfg.addr + cfg::WRITEBACK));
-    after_bad(&Transport::Modern(dev))
+    crate::scenarios::after_bad(|| dev.status())
 }
 
 /// A xorshift64 generator for the random offsets.

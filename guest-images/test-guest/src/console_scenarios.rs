@@ -222,5 +222,5 @@ fn bad_console_buffer_direction(_: &Cmdline) -> ! {
     c.tx.set_desc(head, DATA.addr(), 16, DESC_WRITE, 0);
     c.tx.offer(head);
     c.dev.notify(&c.tx);
-    crate::virtio_scenarios::after_bad(&c.dev)
+    crate::scenarios::after_bad(|| c.dev.status())
 }

@@ -33,8 +33,6 @@ mod reg {
 
 const COMMAND_IO: u16 = 1;
 const RANDOM_BYTES: usize = 32;
-/// Status reads to wait for DEVICE_NEEDS_RESET after misbehaving.
-const SETTLE_READS: u32 = 20_000;
 
 pub const SCENARIOS: &[(&str, Scenario)] = &[
     ("virtio-rng-legacy", rng_legacy),
@@ -183,7 +181,7 @@ fn bad_legacy_queue_pfn_before_features(_: &Cmdline) -> ! {
     let d = Legacy::start();
     let vq = d.queue0();
     d.set_pfn(&vq);
-    after_bad(&d)
+    crate::scenarios::after_bad(|| d.status())
 }
 
 /// Uses queue 0 before DRIVER_OK, as old legacy drivers did (§3.1.2): the
@@ -197,7 +195,7 @@ fn bad_legacy_notify_before_driver_ok(_: &Cmdline) -> ! {
     print!("GUEST-RNG-EARLY a=");
     print_hex(&a);
     println!();
-    after_bad(&d)
+    crate::scenarios::after_bad(|| d.status())
 }
 
 /// Changes its features once the device runs.
@@ -210,24 +208,13 @@ fn bad_legacy_feature_after_driver_ok(_: &Cmdline) -> ! {
     // Any other value than the one accepted before DRIVER_OK.
     let late = inl(d.io + reg::HOST_FEATURES).max(1);
     outl(d.io + reg::GUEST_FEATURES, late);
-    after_bad(&d)
+    crate::scenarios::after_bad(|| d.status())
 }
 
 /// Reads QUEUE_NUM (16 bits) with a 32-bit access.
 fn bad_legacy_header_access(_: &Cmdline) -> ! {
     let d = Legacy::start();
     core::hint::black_box(inl(d.io + reg::QUEUE_NUM));
-    after_bad(&d)
+    crate::scenarios::after_bad(|| d.status())
 }
 
-fn after_bad(d: &Legacy) -> ! {
-    println!("GUEST-AFTER-BAD");
-    for _ in 0..SETTLE_READS {
-        if d.status() & status::DEVICE_NEEDS_RESET != 0 {
-            break;
-        }
-        core::hint::spin_loop();
-    }
-    println!("GUEST-STATUS {:#04x}", d.status());
-    power::poweroff()
-}

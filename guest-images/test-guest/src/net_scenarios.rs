@@ -507,8 +507,6 @@ fn bench_rx(cmdline: &Cmdline, khz: u64) -> ! {
 
 // ---- misbehaving drivers (modern) ----
 
-/// Status reads to wait for DEVICE_NEEDS_RESET after misbehaving.
-const SETTLE_READS: u32 = 20_000;
 /// Seconds to wait for the device to take a buffer.
 const WAIT_SECONDS: u32 = 10;
 
@@ -680,18 +678,6 @@ impl Net {
     }
 }
 
-/// The end of every misbehaving modern driver.
-fn after_bad(dev: &Device) -> ! {
-    println!("GUEST-AFTER-BAD");
-    for _ in 0..SETTLE_READS {
-        if dev.status() & status::DEVICE_NEEDS_RESET != 0 {
-            break;
-        }
-        core::hint::spin_loop();
-    }
-    println!("GUEST-STATUS {:#04x}", dev.status());
-    power::poweroff()
-}
 
 /// VERSION_1, MAC and `more`.
 fn accept(more: u64) -> impl Fn(u64) -> u64 {
@@ -706,7 +692,7 @@ fn bad_feature_missing_prerequisite(_: &Cmdline) -> ! {
         fail("the device does not offer HOST_TSO4");
     }
     dev.negotiate(F_VERSION_1 | offered & F_MAC | F_HOST_TSO4);
-    after_bad(&dev)
+    crate::scenarios::after_bad(|| dev.status())
 }
 
 /// A transmit chain of 8 bytes: not even the 12-byte header.
@@ -714,7 +700,7 @@ fn bad_tx_too_short(_: &Cmdline) -> ! {
     let mut n = Net::start();
     put(tx_buf(0), &[0; 8]);
     n.send_chain(&[(tx_buf(0), 8, false)]);
-    after_bad(&n.dev)
+    crate::scenarios::after_bad(|| n.dev.status())
 }
 
 /// num_buffers 1 in a transmitted header.
@@ -725,7 +711,7 @@ fn bad_tx_num_buffers(_: &Cmdline) -> ! {
         ..Hdr::default()
     };
     n.send_test_frame(&hdr, 12);
-    after_bad(&n.dev)
+    crate::scenarios::after_bad(|| n.dev.status())
 }
 
 /// NEEDS_CSUM (inside the packet) without VIRTIO_NET_F_CSUM.
@@ -738,7 +724,7 @@ fn bad_tx_flags(_: &Cmdline) -> ! {
         ..Hdr::default()
     };
     n.send_test_frame(&hdr, 12);
-    after_bad(&n.dev)
+    crate::scenarios::after_bad(|| n.dev.status())
 }
 
 /// DATA_VALID, which only the device may set, with CSUM negotiated.
@@ -749,14 +735,14 @@ fn bad_tx_data_valid(_: &Cmdline) -> ! {
         ..Hdr::default()
     };
     n.send_test_frame(&hdr, 12);
-    after_bad(&n.dev)
+    crate::scenarios::after_bad(|| n.dev.status())
 }
 
 /// A TCPv4 segmentation request with CSUM but not HOST_TSO4.
 fn bad_tx_gso_not_negotiated(_: &Cmdline) -> ! {
     let mut n = Net::start_with(accept(F_CSUM));
     n.send_tcp_frame(&Hdr::tso4());
-    after_bad(&n.dev)
+    crate::scenarios::after_bad(|| n.dev.status())
 }
 
 /// A segmentation request without NEEDS_CSUM.
@@ -767,7 +753,7 @@ fn bad_tx_gso_without_csum(_: &Cmdline) -> ! {
         ..Hdr::tso4()
     };
     n.send_tcp_frame(&hdr);
-    after_bad(&n.dev)
+    crate::scenarios::after_bad(|| n.dev.status())
 }
 
 /// A segmentation request with gso_size 0.
@@ -778,7 +764,7 @@ fn bad_tx_gso_size_zero(_: &Cmdline) -> ! {
         ..Hdr::tso4()
     };
     n.send_tcp_frame(&hdr);
-    after_bad(&n.dev)
+    crate::scenarios::after_bad(|| n.dev.status())
 }
 
 /// A checksum to be stored beyond the end of the packet.
@@ -791,7 +777,7 @@ fn bad_tx_csum_outside_packet(_: &Cmdline) -> ! {
         ..Hdr::default()
     };
     n.send_test_frame(&hdr, 12);
-    after_bad(&n.dev)
+    crate::scenarios::after_bad(|| n.dev.status())
 }
 
 /// An ECN-marked TSO request without HOST_ECN (a SHOULD NOT): the frame
@@ -804,7 +790,7 @@ fn bad_tx_ecn_without_host_ecn(_: &Cmdline) -> ! {
     };
     n.send_tcp_frame(&hdr);
     n.wait_tx_used();
-    after_bad(&n.dev)
+    crate::scenarios::after_bad(|| n.dev.status())
 }
 
 /// A good frame followed by a device-writable buffer (a device limit:
@@ -815,14 +801,14 @@ fn bad_tx_buffer_writable(_: &Cmdline) -> ! {
     let len = test_frame(a, &[0; 12], &n.mac, b"launcher-writable");
     n.send_chain(&[(a, len, false), (tx_buf(1), 16, true)]);
     n.wait_tx_used();
-    after_bad(&n.dev)
+    crate::scenarios::after_bad(|| n.dev.status())
 }
 
 /// With MRG_RXBUF, a receive buffer of 8 bytes: less than the header.
 fn bad_rx_buffer_too_short(_: &Cmdline) -> ! {
     let mut n = Net::start_with(accept(F_MRG_RXBUF));
     n.post_chain(&[(rx_buf(0), 8, true)]);
-    after_bad(&n.dev)
+    crate::scenarios::after_bad(|| n.dev.status())
 }
 
 /// Without MRG_RXBUF, a receive buffer of 512 bytes: short of a whole
@@ -831,7 +817,7 @@ fn bad_rx_buffer_small(_: &Cmdline) -> ! {
     let mut n = Net::start_with(accept(F_EVENT_IDX));
     n.post_chain(&[(rx_buf(0), 512, true)]);
     n.wait_rx_taken();
-    after_bad(&n.dev)
+    crate::scenarios::after_bad(|| n.dev.status())
 }
 
 /// A receive chain that starts with a device-readable buffer (a device
@@ -841,7 +827,7 @@ fn bad_rx_buffer_readable(_: &Cmdline) -> ! {
     let a = rx_buf(0);
     n.post_chain(&[(a, 12, false), (a + 16, RX_LEN as u32 - 16, true)]);
     n.wait_rx_taken();
-    after_bad(&n.dev)
+    crate::scenarios::after_bad(|| n.dev.status())
 }
 
 /// VERSION_1 alone although the device offers MAC (a SHOULD): the
@@ -853,7 +839,7 @@ fn bad_mac_not_accepted(_: &Cmdline) -> ! {
     }
     n.kick_tx();
     n.wait_tx_used();
-    after_bad(&n.dev)
+    crate::scenarios::after_bad(|| n.dev.status())
 }
 
 // ---- the legacy interface (`--legacy`, 1af4:1000) ----
@@ -985,18 +971,6 @@ fn legacy_queue(io: u16, index: u16, base: u64) -> Vq {
     vq
 }
 
-/// The end of every misbehaving legacy driver.
-fn legacy_after_bad(n: &LegacyNet) -> ! {
-    println!("GUEST-AFTER-BAD");
-    for _ in 0..SETTLE_READS {
-        if n.status() & status::DEVICE_NEEDS_RESET != 0 {
-            break;
-        }
-        core::hint::spin_loop();
-    }
-    println!("GUEST-STATUS {:#04x}", n.status());
-    power::poweroff()
-}
 
 /// `layout=split` (default) or `layout=any`: whether the driver accepts
 /// ANY_LAYOUT and puts header and frame in one buffer.
@@ -1103,7 +1077,7 @@ fn bad_legacy_header_not_alone(_: &Cmdline) -> ! {
     let a = tx_buf(0);
     let len = test_frame(a, &[0; 10], &n.mac, b"launcher-bad");
     n.send_chain(&[(a, len, false)]);
-    legacy_after_bad(&n)
+    crate::scenarios::after_bad(|| n.status())
 }
 
 /// Without ANY_LAYOUT, one receive buffer for header and frame (what
@@ -1111,7 +1085,7 @@ fn bad_legacy_header_not_alone(_: &Cmdline) -> ! {
 fn bad_legacy_rx_header_not_alone(_: &Cmdline) -> ! {
     let mut n = LegacyNet::start(|offered| offered & F_MAC);
     n.post_chain(&[(rx_buf(0), 1528, true)]);
-    legacy_after_bad(&n)
+    crate::scenarios::after_bad(|| n.status())
 }
 
 /// The 10-byte legacy header with NEEDS_CSUM but no CSUM negotiated.
@@ -1125,7 +1099,7 @@ fn bad_legacy_tx_flags(_: &Cmdline) -> ! {
     let a = tx_buf(0);
     let len = test_frame(a, &hdr.bytes()[..10], &n.mac, b"launcher-bad");
     n.send_chain(&[(a, len, false)]);
-    legacy_after_bad(&n)
+    crate::scenarios::after_bad(|| n.status())
 }
 
 /// With MRG_RXBUF the legacy header has num_buffers too: 1 is wrong.
@@ -1138,5 +1112,5 @@ fn bad_legacy_tx_num_buffers(_: &Cmdline) -> ! {
     let a = tx_buf(0);
     let len = test_frame(a, &hdr.bytes(), &n.mac, b"launcher-bad");
     n.send_chain(&[(a, len, false)]);
-    legacy_after_bad(&n)
+    crate::scenarios::after_bad(|| n.status())
 }

@@ -42,6 +42,32 @@ pub fn run(cmdline: &Cmdline) -> ! {
 }
 
 /// Ends a scenario that succeeded.
+/// The end of every misbehaving driver. Prints `GUEST-AFTER-BAD`, then
+/// waits 2 to 3 s (the CMOS clock), longer than any device needs to
+/// notice what the driver did and far shorter than the tests' timeouts,
+/// ending early once the device sets DEVICE_NEEDS_RESET (`--lenient`).
+/// Then `GUEST-STATUS`, `GUEST-BAD-DEADLINE` if the wait ran out, and a
+/// power-off. A strict launcher stops the guest before the deadline, so
+/// the marker's absence shows the stop came from the check, not from the
+/// power-off.
+pub fn after_bad(status: impl Fn() -> u8) -> ! {
+    println!("GUEST-AFTER-BAD");
+    let mut deadline = crate::clock::Deadline::after(2);
+    let mut needs_reset = false;
+    while !deadline.expired() {
+        if status() & crate::virtio::status::DEVICE_NEEDS_RESET != 0 {
+            needs_reset = true;
+            break;
+        }
+        core::hint::spin_loop();
+    }
+    println!("GUEST-STATUS {:#04x}", status());
+    if !needs_reset {
+        println!("GUEST-BAD-DEADLINE");
+    }
+    power::poweroff()
+}
+
 pub fn finish() -> ! {
     println!("GUEST-TEST-END");
     power::poweroff()

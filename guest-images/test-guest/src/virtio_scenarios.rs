@@ -26,8 +26,6 @@ const QSIZE: u16 = 8;
 const RANDOM_BYTES: usize = 32;
 /// Far outside guest RAM (64 GiB), for the "outside memory" rules.
 const NOT_RAM: u64 = 0x10_0000_0000;
-/// Status reads to wait for DEVICE_NEEDS_RESET after misbehaving.
-const SETTLE_READS: u32 = 20_000;
 
 pub const SCENARIOS: &[(&str, Scenario)] = &[
     ("virtio-rng", rng),
@@ -116,7 +114,7 @@ pub fn run(name: &str, cmdline: &Cmdline) {
     }
     if let Some((_, f)) = BAD.iter().find(|(n, _)| *n == name) {
         let d = f();
-        after_bad(&d)
+        crate::scenarios::after_bad(|| d.status())
     }
 }
 
@@ -143,19 +141,6 @@ fn ready() -> (Device, Vq) {
     (d, vq)
 }
 
-/// After misbehaving: `GUEST-AFTER-BAD`, a wait for DEVICE_NEEDS_RESET
-/// (`--lenient`), `GUEST-STATUS`, power off.
-pub fn after_bad(d: &Device) -> ! {
-    println!("GUEST-AFTER-BAD");
-    for _ in 0..SETTLE_READS {
-        if d.status() & status::DEVICE_NEEDS_RESET != 0 {
-            break;
-        }
-        core::hint::spin_loop();
-    }
-    println!("GUEST-STATUS {:#04x}", d.status());
-    power::poweroff()
-}
 
 /// One request for `RANDOM_BYTES` device-writable bytes in buffer `n`.
 fn read_random(d: &Device, vq: &mut Vq, n: u64) -> [u8; RANDOM_BYTES] {
