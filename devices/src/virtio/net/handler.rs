@@ -1482,6 +1482,14 @@ mod tests {
         for i in 0..3 {
             peer.write_all(&frame(60 + i, i as u8)).unwrap();
         }
+        // The worker wakes for the frames and finds no buffers: wait until
+        // it did (however slow the machine), then give it time to spin if
+        // it would; a spinning worker makes thousands of calls in 300 ms.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while calls.load(Ordering::SeqCst) == 0 {
+            assert!(Instant::now() < deadline, "the worker never ran");
+            std::thread::sleep(Duration::from_millis(5));
+        }
         std::thread::sleep(Duration::from_millis(300));
         let stalled = calls.load(Ordering::SeqCst);
         assert!(
