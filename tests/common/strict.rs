@@ -280,7 +280,13 @@ pub fn guest_status(output: &str) -> Option<u8> {
 
 /// Checks a run that must have stopped as a bad driver on `device` (the
 /// function `ids`) for `rule`; returns what was wrong, if anything.
-pub fn check_stop(device: &str, ids: &str, rule: &str, r: &Run) -> Result<(), String> {
+pub fn check_stop(
+    device: &str,
+    ids: &str,
+    scenario: &str,
+    rule: &str,
+    r: &Run,
+) -> Result<(), String> {
     let addr = address_of(&r.output, ids).ok_or(format!("GUEST-PCI does not list {ids}"))?;
     if r.code != Some(3) {
         return Err(format!("exit code {:?}, wanted 3", r.code));
@@ -293,12 +299,18 @@ pub fn check_stop(device: &str, ids: &str, rule: &str, r: &Run) -> Result<(), St
     let [report] = reports[..] else {
         return Err(format!("{} bad-driver lines, wanted 1", reports.len()));
     };
-    let device = format!("launcher: bad driver: {device} {addr}");
+    let head = format!("launcher: bad driver: {device} {addr}");
     let named = format!(": {}: ", super::rule_label(rule));
-    if !report.starts_with(&device) || !report.contains(&named) {
+    if !report.starts_with(&head) || !report.contains(&named) {
         return Err(format!(
-            "report {report:?} does not start with {device:?} or lacks {named:?}"
+            "report {report:?} does not start with {head:?} or lacks {named:?}"
         ));
+    }
+    if let Some(q) = expected_queue(device, rule, scenario) {
+        let on_queue = format!("{head} queue {q}: ");
+        if !report.starts_with(&on_queue) {
+            return Err(format!("report {report:?} does not name queue {q}"));
+        }
     }
     if r.output.contains("GUEST-FAIL") || r.output.contains("GUEST-PANIC") {
         return Err("the guest failed before misbehaving".into());
@@ -316,6 +328,22 @@ pub fn check_stop(device: &str, ids: &str, rule: &str, r: &Run) -> Result<(), St
         ));
     }
     Ok(())
+}
+
+/// The queue a worker-found rule's report must name: the transmitq (1) for
+/// virtio-net's transmit rules and virtio-console's scenario, the
+/// receiveq (0) for net receive rules, queue 0 elsewhere. `None` for
+/// rules caught at a register access, which may name no queue.
+pub fn expected_queue(device: &str, rule: &str, scenario: &str) -> Option<u16> {
+    if !found_by_a_worker(rule) {
+        return None;
+    }
+    Some(match device {
+        "virtio-console" => 1,
+        "virtio-net" if rule.starts_with("NetRx") || scenario.contains("-rx") => 0,
+        "virtio-net" => 1,
+        _ => 0,
+    })
 }
 
 /// Whether `rule` is found by a queue's worker thread after the guest's
@@ -378,7 +406,8 @@ pub fn check_warning(
     let mut strict = flags.to_vec();
     strict.push("--warnings-as-errors");
     let r = run(&strict, scenario);
-    check_stop(device, ids, rule, &r).map_err(|e| format!("with --warnings-as-errors: {e}"))
+    check_stop(device, ids, scenario, rule, &r)
+        .map_err(|e| format!("with --warnings-as-errors: {e}"))
 }
 
 /// Runs every stop scenario of `table` with `flags`; fails listing each
@@ -389,7 +418,7 @@ pub fn run_stop_table(flags: &[&str], device: &str, ids: &str, table: Table) {
         .iter()
         .filter_map(|&(scenario, rule)| {
             let r = run(flags, scenario);
-            check_stop(device, ids, rule, &r)
+            check_stop(device, ids, scenario, rule, &r)
                 .err()
                 .map(|e| format!("{scenario} ({rule}): {e}\n{}", r.output))
         })
