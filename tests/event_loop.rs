@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use common::{test_guest, Guest, TempDir};
 
-const TIMEOUT: Duration = Duration::from_secs(60);
+use common::TIMEOUT;
 /// How much stdin the launcher must have read (and dropped) before the
 /// test goes on: sixteen times what it holds for the guest.
 const STDIN_FLOOD: usize = 16 * 64 * 1024;
@@ -167,10 +167,6 @@ fn shutdown_on_the_control_socket_under_load_exits_143() {
 fn sigterm_under_load_exits_143() {
     let mut l = loaded();
     let t0 = Instant::now();
-    // SAFETY: kill(2) on a child we started and have not reaped.
-    assert_eq!(
-        unsafe { libc::kill(l.guest.pid() as libc::pid_t, libc::SIGTERM) },
-        0
-    );
+    l.guest.signal(libc::SIGTERM);
     assert_stopped_by_sigterm(&mut l.guest, t0);
 }

@@ -7,7 +7,7 @@ mod common;
 use common::{test_guest, Guest};
 use std::time::{Duration, Instant};
 
-const TIMEOUT: Duration = Duration::from_secs(60);
+use common::TIMEOUT;
 
 fn waiting_guest(extra: &[&str]) -> Guest {
     let elf = test_guest::path();
@@ -18,15 +18,10 @@ fn waiting_guest(extra: &[&str]) -> Guest {
     g
 }
 
-fn signal(g: &Guest, sig: libc::c_int) {
-    // SAFETY: kill(2) on a child we started and have not reaped.
-    assert_eq!(unsafe { libc::kill(g.pid() as libc::pid_t, sig) }, 0);
-}
-
 #[test]
 fn sigterm_without_a_vmmci_driver_stops_at_once_with_143() {
     let mut g = waiting_guest(&["--vmmci"]);
-    signal(&g, libc::SIGTERM);
+    g.signal(libc::SIGTERM);
     let status = g.wait_exit(TIMEOUT);
     assert_eq!(status.code(), Some(143), "{}", g.output());
     // No vmmci driver is up, so the launcher must not have asked the
@@ -46,7 +41,7 @@ fn sigterm_without_a_vmmci_driver_stops_at_once_with_143() {
 #[test]
 fn sigint_stops_with_130() {
     let mut g = waiting_guest(&[]);
-    signal(&g, libc::SIGINT);
+    g.signal(libc::SIGINT);
     let status = g.wait_exit(TIMEOUT);
     assert_eq!(status.code(), Some(130), "{}", g.output());
 }
@@ -54,10 +49,10 @@ fn sigint_stops_with_130() {
 #[test]
 fn sighup_without_a_vmmci_driver_reboots_at_once() {
     let mut g = waiting_guest(&["--vmmci"]);
-    signal(&g, libc::SIGHUP);
+    g.signal(libc::SIGHUP);
     g.wait_for("guest reboot (SIGHUP); starting boot #2", TIMEOUT);
     g.wait_for("GUEST-WAITING", TIMEOUT);
-    signal(&g, libc::SIGTERM);
+    g.signal(libc::SIGTERM);
     assert_eq!(g.wait_exit(TIMEOUT).code(), Some(143), "{}", g.output());
 }
 

@@ -76,11 +76,7 @@ fn elf_vmlinux_boots_to_init_and_reboots_by_reexec() {
     assert_eq!(cmdline2, cmdline, "second boot got the same command line");
     // Linux has no vmmci driver, so SIGTERM stops the guest at once with
     // the documented code instead of waiting for vmd's timeouts.
-    // SAFETY: kill(2) on our own child, which has not been reaped.
-    assert_eq!(
-        unsafe { libc::kill(g.pid() as libc::pid_t, libc::SIGTERM) },
-        0
-    );
+    g.signal(libc::SIGTERM);
     let status = g.wait_exit(Duration::from_secs(30));
     assert_eq!(status.code(), Some(143), "{}", g.output());
 }
@@ -244,62 +240,40 @@ fn legacy_transport_console_root_and_rng() {
 /// The launcher runs inside a network namespace this test creates and
 /// deletes, so its tap and the host-side address never touch the machine's
 /// own network; the guest pings only the tap's host side in that namespace.
-/// A network namespace that is deleted when dropped, even if the test fails.
-struct Netns(String);
-
-impl Netns {
-    fn new(tag: &str) -> Option<Netns> {
-        let name = format!("launcher-{tag}-{}", std::process::id());
-        let ok = Command::new("ip")
-            .args(["netns", "add", &name])
-            .status()
-            .map(|s| s.success())
-            .unwrap_or(false);
-        ok.then_some(Netns(name))
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
-    }
-}
-
 #[test]
 fn ext4_root_on_virtio_blk_keeps_guest_writes_and_the_guest_pings_the_tap() {
     let images = common::require_images();
-    let Some(ns) = Netns::new("e2e") else {
-        common::skip("cannot create a network namespace (needs root and iproute2)");
-        return;
-    };
+    if let Some(why) = common::netns_unavailable() {
+        return common::skip(why);
+    }
+    let ns = common::NetNs::new();
     let dir = TempDir::new("e2e");
     let root = dir.path("root.ext4");
     std::fs::copy(images.join("rootfs.ext4"), &root).expect("copy the root image");
     let root_arg = root.to_str().unwrap().to_string();
     let kernel = images.join("vmlinux");
 
-    let mut cmd = Command::new("ip");
-    cmd.args(["netns", "exec", &ns.0, env!("CARGO_BIN_EXE_launcher")])
-        .args([
-            "512",
-            kernel.to_str().unwrap(),
-            "root=/dev/vda",
-            "console=hvc0",
-        ])
-        .args([
-            "--block",
-            &root_arg,
-            &format!("--tunnet=192.168.19.1:{MAC}"),
-        ])
-        .args([
-            "check=net",
-            "host_ip=192.168.19.1",
-            "guest_ip=192.168.19.2",
-            "finish=shell",
-        ])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+    let mut cmd = ns.launcher();
+    cmd.args([
+        "512",
+        kernel.to_str().unwrap(),
+        "root=/dev/vda",
+        "console=hvc0",
+    ])
+    .args([
+        "--block",
+        &root_arg,
+        &format!("--tunnet=192.168.19.1:{MAC}"),
+    ])
+    .args([
+        "check=net",
+        "host_ip=192.168.19.1",
+        "guest_ip=192.168.19.2",
+        "finish=shell",
+    ])
+    .stdin(Stdio::piped())
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
     let mut g = Guest::spawn(cmd);
 
     let disk = g.wait_for("GUEST-BLOCK vda", BOOT);

@@ -20,9 +20,9 @@ mod common;
 use common::{test_guest, Guest};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::process::Stdio;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-const TIMEOUT: Duration = Duration::from_secs(60);
+use common::TIMEOUT;
 const MEM_MB: &str = "16";
 
 fn guest_args(scenario: &str) -> Vec<String> {
@@ -173,9 +173,7 @@ fn raw_mode_while_running_and_restored_after_sigterm() {
         running.c_lflag,
         g.output()
     );
-    // SAFETY: kill only sends a signal to the launcher we started.
-    let r = unsafe { libc::kill(g.pid() as libc::pid_t, libc::SIGTERM) };
-    assert_eq!(r, 0, "kill: {}", std::io::Error::last_os_error());
+    g.signal(libc::SIGTERM);
     let status = g.wait_exit(TIMEOUT);
     eprintln!("raw mode + SIGTERM: {:?}", t.elapsed());
     assert_eq!(

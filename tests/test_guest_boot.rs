@@ -10,9 +10,9 @@
 mod common;
 
 use common::{test_guest, Guest};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-const TIMEOUT: Duration = Duration::from_secs(60);
+use common::TIMEOUT;
 const MEM_MB: &str = "16";
 
 /// Starts the launcher on the test guest with `args` as its command line.

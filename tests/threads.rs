@@ -6,9 +6,8 @@
 mod common;
 
 use common::{test_guest, Guest};
-use std::time::Duration;
 
-const TIMEOUT: Duration = Duration::from_secs(60);
+use common::TIMEOUT;
 
 /// The thread names in the first column of ARCHITECTURE.md's "Threads"
 /// table, `<...>` parts as wildcards.

@@ -29,14 +29,19 @@
 
 mod common;
 
-use common::{test_guest, Guest, TempDir};
+use common::strict::{run_in, Run};
+
+use common::TempDir;
 use std::fs;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
-use std::time::{Duration, Instant};
 
-const TIMEOUT: Duration = Duration::from_secs(60);
 const MEM_MB: &str = "32";
+
+/// Boots the test guest with `flags` and `scenario=NAME` in [`MEM_MB`].
+fn run(flags: &[&str], scenario: &str) -> Run {
+    run_in(MEM_MB, flags, scenario)
+}
 const SECTOR: usize = 512;
 const DISK_BYTES: usize = 4 << 20;
 const SECTORS: usize = DISK_BYTES / SECTOR;
@@ -106,29 +111,6 @@ fn can_punch_holes(dir: &Path) -> bool {
 /// The first offset where two images differ, for messages.
 fn first_difference(a: &[u8], b: &[u8]) -> Option<usize> {
     a.iter().zip(b).position(|(x, y)| x != y)
-}
-
-struct Run {
-    code: Option<i32>,
-    output: String,
-    stderr: String,
-}
-
-fn run(flags: &[&str], scenario: &str) -> Run {
-    let elf = test_guest::path();
-    let elf = elf.to_str().expect("test guest path is UTF-8");
-    let arg = format!("scenario={scenario}");
-    let mut args = flags.to_vec();
-    args.extend([MEM_MB, elf, arg.as_str()]);
-    let t = Instant::now();
-    let mut g = Guest::start(&args);
-    let status = g.wait_exit(TIMEOUT);
-    eprintln!("{scenario} {flags:?}: {:?}", t.elapsed());
-    Run {
-        code: status.code(),
-        output: g.output(),
-        stderr: g.stderr(),
-    }
 }
 
 fn assert_clean(r: &Run) {

@@ -19,7 +19,7 @@ mod common;
 use common::{test_guest, Guest};
 use std::time::{Duration, Instant};
 
-const TIMEOUT: Duration = Duration::from_secs(60);
+use common::TIMEOUT;
 const MEM_MB: &str = "16";
 
 fn args<'a>(flags: &[&'a str], elf: &'a str, scenario: &'a str) -> Vec<&'a str> {

@@ -22,7 +22,7 @@ use common::{ethernet_frame, netns_unavailable, test_guest, Guest, NetNs, Packet
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-const TIMEOUT: Duration = Duration::from_secs(60);
+use common::TIMEOUT;
 const MEM_MB: &str = "16";
 const ETHERTYPE: u16 = 0x88b5;
 const TAP: &str = "ltap0";

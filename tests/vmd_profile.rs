@@ -5,9 +5,8 @@
 mod common;
 
 use common::{test_guest, Guest, TempDir};
-use std::time::Duration;
 
-const TIMEOUT: Duration = Duration::from_secs(60);
+use common::TIMEOUT;
 
 #[test]
 fn vmd_profile_has_vmds_ids_order_and_no_virtio_console() {

@@ -9,18 +9,13 @@ mod common;
 use common::{test_guest, Guest};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-const TIMEOUT: Duration = Duration::from_secs(60);
+use common::TIMEOUT;
 
 fn start(extra: &[&str]) -> Guest {
     let elf = test_guest::path();
     let mut args = vec!["16", elf.to_str().unwrap()];
     args.extend_from_slice(extra);
     Guest::start(&args)
-}
-
-fn signal(g: &Guest, sig: libc::c_int) {
-    // SAFETY: kill(2) on a child we started and have not reaped.
-    assert_eq!(unsafe { libc::kill(g.pid() as libc::pid_t, sig) }, 0);
 }
 
 /// The value of `key=` in `line`.
@@ -57,7 +52,7 @@ fn wait_ready(g: &mut Guest) {
 fn openbsd_style_driver_shuts_down_on_sigterm() {
     let mut g = start(&["--vmmci", "scenario=vmmci-openbsd"]);
     wait_ready(&mut g);
-    signal(&g, libc::SIGTERM);
+    g.signal(libc::SIGTERM);
     g.wait_for("GUEST-VMMCI command=1", TIMEOUT);
     g.wait_for("GUEST-VMMCI acked", TIMEOUT);
     let status = g.wait_exit(TIMEOUT);
@@ -69,7 +64,7 @@ fn openbsd_style_driver_shuts_down_on_sigterm() {
 fn linux_style_driver_reboots_on_sighup_without_a_storm() {
     let mut g = start(&["--vmmci", "scenario=vmmci-linux"]);
     wait_ready(&mut g);
-    signal(&g, libc::SIGHUP);
+    g.signal(libc::SIGHUP);
     g.wait_for("GUEST-VMMCI command=2", TIMEOUT);
     let repeats = g.wait_for("GUEST-VMMCI repeats=", TIMEOUT);
     assert_eq!(field(&repeats, "repeats"), "0", "{}", g.output());
@@ -88,7 +83,7 @@ fn guest_that_never_acks_is_stopped_after_the_short_timeout() {
     let mut g = start(&["--vmmci", "scenario=vmmci-openbsd", "noack=1"]);
     wait_ready(&mut g);
     let t0 = Instant::now();
-    signal(&g, libc::SIGTERM);
+    g.signal(libc::SIGTERM);
     g.wait_for("GUEST-VMMCI command=1", TIMEOUT);
     g.wait_for("GUEST-VMMCI not acking", TIMEOUT);
     let status = g.wait_exit(TIMEOUT);
@@ -159,7 +154,7 @@ fn repeated_reboots_leak_no_descriptors_or_threads() {
 fn a_guest_that_reboots_instead_of_shutting_down_is_stopped() {
     let mut g = start(&["--vmmci", "scenario=vmmci-linux", "onshutdown=reboot"]);
     g.wait_for("GUEST-VMMCI-READY", TIMEOUT);
-    signal(&g, libc::SIGTERM);
+    g.signal(libc::SIGTERM);
     g.wait_for("GUEST-VMMCI rebooting instead", TIMEOUT);
     let status = g.wait_exit(TIMEOUT);
     assert_eq!(status.code(), Some(143), "{}", g.output());

@@ -35,6 +35,10 @@ pub fn require_images() -> PathBuf {
     )
 }
 
+/// How long a test-guest run may take before a test gives up on it (the
+/// guest itself takes well under a second).
+pub const TIMEOUT: Duration = Duration::from_secs(60);
+
 /// A test that cannot run here says why and returns; under CI
 /// (`CI=true`, as `.ci/run` has it) a skip fails instead, so that a green
 /// CI means every test ran.
@@ -214,6 +218,19 @@ impl Guest {
     /// Closes the launcher's stdin pipe (end of file for the launcher).
     pub fn close_stdin(&mut self) {
         drop(self.child.stdin.take());
+    }
+
+    /// Sends `sig` to the launcher.
+    pub fn signal(&self, sig: libc::c_int) {
+        // SAFETY: kill(2) on a child we started and have not reaped.
+        let r = unsafe { libc::kill(self.pid() as libc::pid_t, sig) };
+        assert_eq!(
+            r,
+            0,
+            "kill {}: {}",
+            self.pid(),
+            std::io::Error::last_os_error()
+        );
     }
 
     pub fn pid(&self) -> u32 {

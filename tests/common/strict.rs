@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use super::{test_guest, Guest};
 
-pub const TIMEOUT: Duration = Duration::from_secs(60);
+pub use super::TIMEOUT;
 pub const MEM_MB: &str = "16";
 /// The functions' vendor:device ids as the guest lists them.
 pub const RNG_IDS: &str = "1af4:1044";
@@ -239,11 +239,16 @@ pub struct Run {
 /// Boots the test guest with `flags` and `scenario=NAME` and waits for the
 /// launcher to exit.
 pub fn run(flags: &[&str], scenario: &str) -> Run {
+    run_in(MEM_MB, flags, scenario)
+}
+
+/// [`run`] with `mem_mb` of guest memory.
+pub fn run_in(mem_mb: &str, flags: &[&str], scenario: &str) -> Run {
     let elf = test_guest::path();
     let elf = elf.to_str().expect("test guest path is UTF-8");
     let arg = format!("scenario={scenario}");
     let mut args = flags.to_vec();
-    args.extend([MEM_MB, elf, arg.as_str()]);
+    args.extend([mem_mb, elf, arg.as_str()]);
     let t = Instant::now();
     let mut g = Guest::start(&args);
     let status = g.wait_exit(TIMEOUT);
