@@ -27,6 +27,8 @@ const MEM_MB: &str = "16";
 const ETHERTYPE: u16 = 0x88b5;
 const TAP: &str = "ltap0";
 const FRAMES: usize = 8;
+/// A locally administered MAC given with `--tunnet …:MAC`.
+const GIVEN_MAC: &str = "52:54:00:ab:cd:ef";
 
 fn skip() -> bool {
     match netns_unavailable() {
@@ -148,12 +150,16 @@ fn guest_frames_reach_the_tap() {
         .recv_timeout(TIMEOUT)
         .expect("capture socket not ready");
     let count = format!("count={FRAMES}");
+    // The MAC given on the command line is what the guest's driver reads
+    // from the device and sends from: not whatever the guest happened to
+    // read (which would make the check circular).
     let mut g = start(
         &ns,
-        &format!("tap:{TAP}"),
+        &format!("tap:{TAP}:{GIVEN_MAC}"),
         &["scenario=virtio-net-tx", &count],
     );
     let mac = guest_mac(&mut g);
+    assert_eq!(mac, parse_mac(GIVEN_MAC), "the guest read another MAC");
     g.wait_for(&format!("GUEST-NET-TX sent={FRAMES}"), TIMEOUT);
     assert_clean_exit(&mut g);
     let frames = cap.join().unwrap();
@@ -229,8 +235,10 @@ fn launcher_made_tap_with_an_address_carries_frames_both_ways() {
         .recv_timeout(TIMEOUT)
         .expect("capture socket not ready");
     let count = format!("count={FRAMES}");
-    let mut g = start(&ns, "10.77.0.1", &["scenario=virtio-net-tx", &count]);
+    let tunnet = format!("10.77.0.1:{GIVEN_MAC}");
+    let mut g = start(&ns, &tunnet, &["scenario=virtio-net-tx", &count]);
     let mac = guest_mac(&mut g);
+    assert_eq!(mac, parse_mac(GIVEN_MAC), "the guest read another MAC");
     g.wait_for(&format!("GUEST-NET-TX sent={FRAMES}"), TIMEOUT);
     assert_clean_exit(&mut g);
     check_tx_frames(&cap.join().unwrap(), mac, &g.output());
