@@ -69,7 +69,10 @@ impl BusDevice for SerialPort {
     fn write(&mut self, offset: u64, data: &[u8]) {
         if let Some(&b) = data.first() {
             if let Err(e) = self.uart.write(offset as u8, b) {
-                log::warn!("serial: cannot pass a byte on: {e:?}");
+                crate::guestlog::warn(
+                    "serial output",
+                    format_args!("serial: cannot pass a byte on: {e:?}"),
+                );
             }
         }
     }

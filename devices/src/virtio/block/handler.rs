@@ -716,11 +716,14 @@ impl BlockQueue {
 
 /// A host I/O error fails this request only; the guest sees IOERR.
 fn host_error(disk: &Disk, req: &Request, op: &str, e: &io::Error) -> u8 {
-    log::warn!(
+    // Once per disk, operation and error kind; repeats are counted.
+    let cause = format!("virtio-blk {} {op} {:?}", disk.path.display(), e.kind());
+    let message = format!(
         "virtio-blk: {}: {op} failed: {e}; {} gets IOERR",
         disk.path.display(),
         req.describe()
     );
+    crate::guestlog::warn(&cause, message);
     S_IOERR
 }
 

@@ -310,7 +310,10 @@ impl Vmmci {
                     st.command = command::NONE;
                 }
             }
-            v => log::warn!("vmmci: the guest acked unknown command {v}"),
+            v => crate::guestlog::warn(
+                "vmmci unknown ack",
+                format_args!("vmmci: the guest acked unknown command {v}"),
+            ),
         }
     }
 }
@@ -365,7 +368,10 @@ impl VirtioDevice for Vmmci {
             b[..n].copy_from_slice(&data[..n]);
             self.ack(u32::from_le_bytes(b));
         } else if offset >= 4 || data.iter().any(|&b| b != 0) {
-            log::warn!("vmmci: ignored write of {data:02x?} at config offset {offset}");
+            crate::guestlog::warn(
+                "vmmci read-only write",
+                format_args!("vmmci: ignored write of {data:02x?} at config offset {offset}"),
+            );
         }
     }
 
