@@ -31,16 +31,7 @@ fn args<'a>(flags: &[&'a str], elf: &'a str, scenario: &'a str) -> Vec<&'a str> 
 /// Checks what every well-behaved run must show: exit code 0, the guest's
 /// end marker, no guest failure and no strict-mode report.
 fn assert_clean_exit(g: &mut Guest, status: std::process::ExitStatus) {
-    let output = g.output();
-    assert_eq!(status.code(), Some(0), "exit code; output:\n{output}");
-    for bad in ["GUEST-FAIL", "GUEST-PANIC"] {
-        assert!(!output.contains(bad), "{bad}; output:\n{output}");
-    }
-    assert!(
-        !g.stderr().contains("bad driver"),
-        "a well-behaved driver was reported:\n{output}"
-    );
-    assert!(output.contains("GUEST-TEST-END"), "{output}");
+    common::assert_clean(status.code(), &g.output());
 }
 
 #[test]

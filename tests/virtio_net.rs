@@ -80,12 +80,7 @@ fn guest_mac(g: &mut Guest) -> [u8; 6] {
 
 fn assert_clean_exit(g: &mut Guest) {
     let status = g.wait_exit(TIMEOUT);
-    let out = g.output();
-    assert_eq!(status.code(), Some(0), "exit code; output:\n{out}");
-    for bad in ["GUEST-FAIL", "GUEST-PANIC", "bad driver"] {
-        assert!(!out.contains(bad), "{bad}; output:\n{out}");
-    }
-    assert!(out.contains("GUEST-TEST-END"), "{out}");
+    common::assert_clean(status.code(), &g.output());
 }
 
 /// Captures frames of [`ETHERTYPE`] on `ifname` (all interfaces if `None`)

@@ -39,6 +39,21 @@ pub fn require_images() -> PathBuf {
 /// guest itself takes well under a second).
 pub const TIMEOUT: Duration = Duration::from_secs(60);
 
+/// The one clean-run check every device test uses: the launcher exited 0
+/// after the guest's `GUEST-TEST-END`, and nothing failed or was
+/// reported on the way (no GUEST-FAIL / GUEST-PANIC, no "bad driver", no
+/// strict-check warning). `output` is stdout and stderr together.
+pub fn assert_clean(code: Option<i32>, output: &str) {
+    assert_eq!(code, Some(0), "exit code; output:\n{output}");
+    for bad in ["GUEST-FAIL", "GUEST-PANIC", "bad driver", "warning:"] {
+        assert!(!output.contains(bad), "{bad}; output:\n{output}");
+    }
+    assert!(
+        output.contains("GUEST-TEST-END"),
+        "no GUEST-TEST-END:\n{output}"
+    );
+}
+
 /// A test that cannot run here says why and returns; under CI
 /// (`CI=true`, as `.ci/run` has it) a skip fails instead, so that a green
 /// CI means every test ran.
