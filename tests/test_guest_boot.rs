@@ -129,13 +129,16 @@ fn port_io_from_ring_3_works_and_is_timed() {
 }
 
 /// Memory beyond the 3 GiB MMIO hole goes above 4 GiB: a 5000 MB guest is
-/// built (two RAM slots around the hole), boots and powers off.
+/// built (two RAM slots around the hole), and the guest itself writes and
+/// reads back RAM above 4 GiB (scenario `highmem`).
 #[test]
 fn a_5000_mb_guest_boots_with_ram_above_4_gib() {
     let elf = test_guest::path();
-    let mut g = Guest::start(&["5000", elf.to_str().unwrap(), "scenario=hello", "-v"]);
+    let mut g = Guest::start(&["5000", elf.to_str().unwrap(), "scenario=highmem", "-v"]);
     g.wait_for("guest RAM 0x0..0xc0000000", TIMEOUT);
     g.wait_for("guest RAM 0x100000000..0x178800000", TIMEOUT);
+    g.wait_for("GUEST-HIGHMEM ok", TIMEOUT);
     g.wait_for("GUEST-TEST-END", TIMEOUT);
     assert_powered_off(&mut g);
+    assert!(!g.output().contains("GUEST-FAIL"), "{}", g.output());
 }

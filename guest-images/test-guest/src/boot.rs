@@ -41,6 +41,18 @@ pub const TSS_SEL: u16 = 0x28;
 /// RFLAGS for ring 3: IOPL=3, IF=0, reserved bit 1.
 pub const USER_RFLAGS: u64 = 0x3002;
 
+extern "C" {
+    /// CR3 as the loader set it, saved by `_start` (ring 3 cannot read CR3).
+    static __boot_cr3: u64;
+}
+
+/// The page tables the loader gave us (their PML4's address): the
+/// identity map carries the U/S bit, so ring 3 can extend it.
+pub fn boot_cr3() -> u64 {
+    // SAFETY: written once by `_start` before ring 3 runs; read-only after.
+    unsafe { core::ptr::read_volatile(core::ptr::addr_of!(__boot_cr3)) }
+}
+
 /// Number of IDT entries (the CPU exceptions).
 pub const IDT_ENTRIES: usize = 32;
 
@@ -64,6 +76,8 @@ _start:
     mov cr4, rax
 
     lea rsp, [rip + __kstack_top]
+    mov rax, cr3                    /* for ring 3 (`boot_cr3`) */
+    mov [rip + __boot_cr3], rax
 
     /* Zero what ring 0 relies on (IDT, TSS with its I/O bitmap, the
        exception flag) in case the loader did not zero .bss; the rest of
@@ -242,6 +256,9 @@ __nested_msg:
 
     .section .data.boot, "aw"
     .balign 8
+    .global __boot_cr3
+__boot_cr3:
+    .quad 0
 __isr_table:
     .irp n, 0,1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16,17,18,19,20,21,22,23,24,25,26,27,28,29,30,31
     .quad __isr\n

@@ -23,6 +23,7 @@ pub const SCENARIOS: &[(&str, Scenario)] = &[
     ("panic", panic),
     ("pio-bench", pio_bench),
     ("wait-forever", wait_forever),
+    ("highmem", highmem),
 ];
 
 /// Runs the scenario the command line names.
@@ -88,6 +89,41 @@ fn hello(cmdline: &Cmdline) -> ! {
     println!("GUEST-TEST-START");
     println!("GUEST-RING {}", current_ring());
     println!("GUEST-CMDLINE {}", cmdline.as_str());
+    finish()
+}
+
+/// A page directory for the first GiB above 4 GiB.
+static HIGH_PD: crate::virtio::Pages<4096> = crate::virtio::Pages::new();
+
+/// Touches guest RAM above 4 GiB (run with more than 4 GiB): the loader's
+/// identity map stops at 4 GiB, so this maps [4 GiB, 5 GiB) with 2 MiB
+/// pages from ring 3 (the page tables are user-writable), writes two
+/// patterns 256 MiB apart and reads them back: `GUEST-HIGHMEM ok`.
+fn highmem(_: &Cmdline) -> ! {
+    use crate::virtio::{read64, write64};
+    println!("GUEST-TEST-START");
+    const ADDR_MASK: u64 = 0x000f_ffff_ffff_f000;
+    let pml4 = crate::boot::boot_cr3() & ADDR_MASK;
+    let pdpt = read64(pml4) & ADDR_MASK;
+    if read64(pdpt + 4 * 8) & 1 != 0 {
+        println!("GUEST-FAIL 4 GiB is mapped already");
+        power::poweroff()
+    }
+    let pd = HIGH_PD.addr();
+    for i in 0..512u64 {
+        // present, writable, user, 2 MiB page
+        write64(pd + 8 * i, ((4 << 30) + (i << 21)) | 0x87);
+    }
+    write64(pdpt + 4 * 8, pd | 0x7);
+    let (a, b) = ((4u64 << 30) + 0x10_0000, (4u64 << 30) + 0x1010_0000);
+    write64(a, 0x0123_4567_89ab_cdef);
+    write64(b, 0xfedc_ba98_7654_3210);
+    let (ra, rb) = (read64(a), read64(b));
+    if ra != 0x0123_4567_89ab_cdef || rb != 0xfedc_ba98_7654_3210 {
+        println!("GUEST-FAIL high memory read back {ra:#x} {rb:#x}");
+        power::poweroff()
+    }
+    println!("GUEST-HIGHMEM ok at {a:#x} and {b:#x}");
     finish()
 }
 
