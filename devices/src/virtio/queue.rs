@@ -696,6 +696,58 @@ fn in_ram(mem: &GuestMemoryMmap, addr: GuestAddress, len: u64) -> bool {
     }
 }
 
+/// What the queue's and the devices' handler tests share: the driver side
+/// (virtio-queue's mock) and a [`CheckedQueue`] over the same rings.
+#[cfg(test)]
+pub(crate) mod testing {
+    use virtio_queue::mock::MockSplitQueue;
+    use vm_memory::{GuestAddress, GuestMemoryMmap};
+
+    use super::CheckedQueue;
+
+    /// Entries in the mock queues.
+    pub const QSIZE: u16 = 16;
+    /// Where our used ring goes: the mock sizes its available ring in
+    /// entries, not bytes, so its own used ring would overlap it.
+    pub const USED: u64 = 0x400;
+
+    /// A mock driver's rings at `at` and queue `index` over them (device
+    /// maximum `max`, [`QSIZE`] entries, used ring at `used`), with
+    /// `features` negotiated.
+    pub fn mock_queue_at(
+        mem: &GuestMemoryMmap,
+        at: GuestAddress,
+        index: u16,
+        max: u16,
+        used: u64,
+        features: u64,
+    ) -> (MockSplitQueue<'_, GuestMemoryMmap>, CheckedQueue) {
+        let vq = MockSplitQueue::create(mem, at, QSIZE);
+        let q = CheckedQueue::new(
+            index,
+            max,
+            QSIZE,
+            vq.desc_table_addr().0,
+            vq.avail_addr().0,
+            used,
+            features,
+            mem,
+        )
+        .expect("a valid mock queue");
+        (vq, q)
+    }
+
+    /// [`mock_queue_at`] at address 0 with the used ring at [`USED`].
+    pub fn mock_queue(
+        mem: &GuestMemoryMmap,
+        index: u16,
+        max: u16,
+        features: u64,
+    ) -> (MockSplitQueue<'_, GuestMemoryMmap>, CheckedQueue) {
+        mock_queue_at(mem, GuestAddress(0), index, max, USED, features)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -705,16 +757,14 @@ mod tests {
     use virtio_queue::desc::RawDescriptor;
     use virtio_queue::mock::MockSplitQueue;
 
-    const QSIZE: u16 = 16;
+    use super::testing::{QSIZE, USED};
+
     const RAM: u64 = 0x10000;
     const NEXT: u16 = VRING_DESC_F_NEXT as u16;
     const WRITE: u16 = VRING_DESC_F_WRITE as u16;
     const INDIRECT: u16 = VRING_DESC_F_INDIRECT as u16;
     const F_INDIRECT: u64 = 1 << VIRTIO_RING_F_INDIRECT_DESC;
     const F_EVENT_IDX: u64 = 1 << VIRTIO_RING_F_EVENT_IDX;
-    /// Our used ring. The mock's own overlaps its available ring (it sizes
-    /// the available ring in entries, not bytes), so it is not used.
-    const USED: u64 = 0x400;
     /// Where tests put indirect tables, clear of the rings and buffers.
     const TABLE: u64 = 0x8000;
 
@@ -732,19 +782,7 @@ mod tests {
         index: u16,
         features: u64,
     ) -> (MockSplitQueue<'_, GuestMemoryMmap>, CheckedQueue) {
-        let vq = MockSplitQueue::new(mem, QSIZE);
-        let q = CheckedQueue::new(
-            index,
-            256,
-            QSIZE,
-            vq.desc_table_addr().0,
-            vq.avail_addr().0,
-            USED,
-            features,
-            mem,
-        )
-        .unwrap();
-        (vq, q)
+        super::testing::mock_queue(mem, index, 256, features)
     }
 
     fn put(vq: &MockSplitQueue<'_, GuestMemoryMmap>, i: u16, d: RawDescriptor) {

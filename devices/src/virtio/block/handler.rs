@@ -780,10 +780,9 @@ mod tests {
     use crate::virtio::block::{Block, BlockConfig, BlockError, QUEUE_SIZE};
     use crate::virtio::device::VirtioDevice;
 
-    const QSIZE: u16 = 16;
+    use crate::virtio::queue::testing::USED;
+
     const RAM: u64 = 0x40000;
-    /// Our used ring, clear of the mock's rings (see queue.rs's tests).
-    const USED: u64 = 0x400;
     const HDR: u64 = 0x1000;
     const STATUS: u64 = 0x1800;
     const TABLE: u64 = 0x2000;
@@ -879,19 +878,7 @@ mod tests {
         features: u64,
     ) -> (MockSplitQueue<'_, GuestMemoryMmap>, CheckedQueue) {
         mem.write_slice(&[0u8; 0x800], GuestAddress(0)).unwrap();
-        let vq = MockSplitQueue::new(mem, QSIZE);
-        let q = CheckedQueue::new(
-            0,
-            QUEUE_SIZE,
-            QSIZE,
-            vq.desc_table_addr().0,
-            vq.avail_addr().0,
-            USED,
-            features,
-            mem,
-        )
-        .unwrap();
-        (vq, q)
+        crate::virtio::queue::testing::mock_queue(mem, 0, QUEUE_SIZE, features)
     }
 
     /// What processing one chain gave: the status byte, the used length

@@ -249,17 +249,16 @@ impl QueueHandler for Transmit {
 
 #[cfg(test)]
 mod tests {
+    use crate::virtio::queue::testing::{mock_queue, mock_queue_at};
     use virtio_bindings::bindings::virtio_ring::VRING_DESC_F_WRITE;
     use virtio_queue::desc::split::Descriptor;
     use virtio_queue::desc::RawDescriptor;
-    use virtio_queue::mock::MockSplitQueue;
     use vm_memory::GuestAddress;
 
     use super::*;
 
-    const QSIZE: u16 = 16;
-    /// Our used ring, clear of the mock's rings (see queue.rs tests).
-    const USED: u64 = 0x400;
+    use crate::virtio::queue::testing::QSIZE;
+
     const BUF: u64 = 0x2000;
 
     fn readable(fd: &EventFd) -> bool {
@@ -275,18 +274,7 @@ mod tests {
     #[test]
     fn room_is_signalled_once_the_guest_takes_input_or_uses_the_console() {
         let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x10000)]).unwrap();
-        let vq = MockSplitQueue::new(&mem, QSIZE);
-        let mut rxq = CheckedQueue::new(
-            0,
-            QSIZE,
-            QSIZE,
-            vq.desc_table_addr().0,
-            vq.avail_addr().0,
-            USED,
-            0,
-            &mem,
-        )
-        .unwrap();
+        let (vq, mut rxq) = mock_queue(&mem, 0, QSIZE, 0);
         let input = InputQueue::new().unwrap();
         let mut console = Console::new(input.clone(), Box::new(std::io::sink()));
         let mut handlers = console.activate(0).into_iter();
@@ -310,18 +298,7 @@ mod tests {
         // waited for the 8250).
         assert!(!input.in_use());
         let mut transmit = handlers.next().unwrap();
-        let txq_vq = MockSplitQueue::create(&mem, GuestAddress(0x4000), QSIZE);
-        let mut txq = CheckedQueue::new(
-            1,
-            QSIZE,
-            QSIZE,
-            txq_vq.desc_table_addr().0,
-            txq_vq.avail_addr().0,
-            0x8000,
-            0,
-            &mem,
-        )
-        .unwrap();
+        let (txq_vq, mut txq) = mock_queue_at(&mem, GuestAddress(0x4000), 1, QSIZE, 0x8000, 0);
         let d = Descriptor::new(BUF, 4, 0, 0);
         txq_vq
             .desc_table()

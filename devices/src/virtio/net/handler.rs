@@ -686,10 +686,9 @@ mod tests {
     use crate::virtio::interrupt::Interrupt;
     use crate::virtio::worker::{Worker, WorkerSetup};
 
-    const QSIZE: u16 = 16;
+    use crate::virtio::queue::testing::{QSIZE, USED};
+
     const RAM: usize = 1 << 20;
-    /// Our used ring, clear of the mock's rings (see queue.rs tests).
-    const USED: u64 = 0x400;
     const NEXT: u16 = VRING_DESC_F_NEXT as u16;
     const WRITE: u16 = VRING_DESC_F_WRITE as u16;
     const MAC: u64 = 1 << VIRTIO_NET_F_MAC;
@@ -785,18 +784,7 @@ mod tests {
 
     impl<'a> Driver<'a> {
         fn new(mem: &'a GuestMemoryMmap, index: u16, features: u64) -> (Self, CheckedQueue) {
-            let vq = MockSplitQueue::new(mem, QSIZE);
-            let q = CheckedQueue::new(
-                index,
-                256,
-                QSIZE,
-                vq.desc_table_addr().0,
-                vq.avail_addr().0,
-                USED,
-                features,
-                mem,
-            )
-            .unwrap();
+            let (vq, q) = crate::virtio::queue::testing::mock_queue(mem, index, 256, features);
             let d = Driver {
                 vq,
                 mem,
