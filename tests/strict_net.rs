@@ -25,7 +25,7 @@ mod common;
 use common::strict::{self, *};
 use common::{ethernet_frame, netns_unavailable, NetNs, PacketSocket};
 use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const TAP: &str = "snet0";
 const TUNNET: &str = "--tunnet=tap:snet0";
@@ -130,20 +130,7 @@ fn assert_clean(r: &Run) {
 /// Boots the test guest with `flags` and the guest arguments `args`
 /// (`scenario=...` and its options) and waits for the launcher to exit.
 fn run_with(flags: &[&str], args: &[&str]) -> Run {
-    let elf = common::test_guest::path();
-    let mut all = flags.to_vec();
-    all.push(MEM_MB);
-    all.push(elf.to_str().expect("test guest path is UTF-8"));
-    all.extend_from_slice(args);
-    let t = Instant::now();
-    let mut g = common::Guest::start(&all);
-    let status = g.wait_exit(TIMEOUT);
-    Run {
-        code: status.code(),
-        output: g.output(),
-        stderr: g.stderr(),
-        elapsed: t.elapsed(),
-    }
+    common::strict::run_args(MEM_MB, flags, args)
 }
 
 /// Frames of [`ETHERTYPE`] captured on the tap while `run` runs, until
@@ -155,19 +142,7 @@ fn capture_while<T>(count: usize, run: impl FnOnce() -> T) -> (T, Vec<Vec<u8>>) 
         let h = s.spawn(move || {
             let sock = PacketSocket::open(Some(TAP), ETHERTYPE).expect("AF_PACKET socket");
             ready_tx.send(()).unwrap();
-            let deadline = Instant::now() + Duration::from_secs(30);
-            let mut frames = Vec::new();
-            let mut buf = vec![0u8; 65536];
-            while frames.len() < count {
-                let left = deadline.saturating_duration_since(Instant::now());
-                if left.is_zero() {
-                    break;
-                }
-                if let Some(n) = sock.recv(&mut buf, left).unwrap() {
-                    frames.push(buf[..n].to_vec());
-                }
-            }
-            frames
+            sock.frames(count, Duration::from_secs(30))
         });
         ready
             .recv_timeout(TIMEOUT)

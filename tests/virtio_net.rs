@@ -95,19 +95,7 @@ fn capture(
     let h = ns.spawn(move || {
         let s = PacketSocket::open(ifname, ETHERTYPE).expect("AF_PACKET socket in the namespace");
         tx.send(()).unwrap();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let mut frames = Vec::new();
-        let mut buf = vec![0u8; 65536];
-        while frames.len() < count {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                break;
-            }
-            if let Some(n) = s.recv(&mut buf, left).unwrap() {
-                frames.push(buf[..n].to_vec());
-            }
-        }
-        frames
+        s.frames(count, Duration::from_secs(30))
     });
     (rx, h)
 }

@@ -526,6 +526,25 @@ impl PacketSocket {
     }
 
     /// Sends `frame` (Ethernet header included) out of the interface.
+    /// Up to `count` frames, or fewer if `within` passes first.
+    pub fn frames(&self, count: usize, within: Duration) -> Vec<Vec<u8>> {
+        let deadline = Instant::now() + within;
+        let mut frames = Vec::new();
+        let mut buf = vec![0u8; 65536];
+        while frames.len() < count {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            match self.recv(&mut buf, left) {
+                Ok(Some(n)) => frames.push(buf[..n].to_vec()),
+                Ok(None) => {}
+                Err(e) => panic!("receiving on the packet socket: {e}"),
+            }
+        }
+        frames
+    }
+
     pub fn send(&self, frame: &[u8]) -> std::io::Result<()> {
         use std::os::fd::AsRawFd;
         let mut addr = self.sockaddr();

@@ -244,13 +244,20 @@ pub fn run(flags: &[&str], scenario: &str) -> Run {
 
 /// [`run`] with `mem_mb` of guest memory.
 pub fn run_in(mem_mb: &str, flags: &[&str], scenario: &str) -> Run {
+    run_args(mem_mb, flags, &[&format!("scenario={scenario}")])
+}
+
+/// Boots the test guest in `mem_mb` with launcher `flags` and the guest's
+/// own arguments `args` (`scenario=...` and its options), and waits for
+/// the launcher to exit.
+pub fn run_args(mem_mb: &str, flags: &[&str], args: &[&str]) -> Run {
     let elf = test_guest::path();
     let elf = elf.to_str().expect("test guest path is UTF-8");
-    let arg = format!("scenario={scenario}");
-    let mut args = flags.to_vec();
-    args.extend([mem_mb, elf, arg.as_str()]);
+    let mut all = flags.to_vec();
+    all.extend([mem_mb, elf]);
+    all.extend_from_slice(args);
     let t = Instant::now();
-    let mut g = Guest::start(&args);
+    let mut g = Guest::start(&all);
     let status = g.wait_exit(TIMEOUT);
     Run {
         code: status.code(),
