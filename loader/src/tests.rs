@@ -459,23 +459,12 @@ fn load_writes_mp_table_gdt_and_page_tables() {
     );
 }
 
-/// The guest-image directory, searched in the order of the integration
-/// tests' `guest_images()` (tests/common/mod.rs): `$LAUNCHER_GUEST_IMAGES`,
-/// `../shared/guest-images` beside the checkout, then the cache that
-/// `guest-images/build.sh` fills (`$XDG_CACHE_HOME` or `~/.cache`).
+/// The integration tests' image lookup, the same source file.
+#[path = "../../tests/common/images.rs"]
+mod images;
+
 fn guest_images() -> Option<PathBuf> {
-    let checkout = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let cache = |base: Option<PathBuf>| base.map(|b| b.join("launcher-guest-images"));
-    let candidates = [
-        std::env::var_os("LAUNCHER_GUEST_IMAGES").map(PathBuf::from),
-        Some(checkout.join("../shared/guest-images")),
-        cache(std::env::var_os("XDG_CACHE_HOME").map(PathBuf::from)),
-        cache(std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache"))),
-    ];
-    candidates
-        .into_iter()
-        .flatten()
-        .find(|d| d.join("vmlinux").is_file())
+    images::find(&Path::new(env!("CARGO_MANIFEST_DIR")).join(".."))
 }
 
 /// One real image, or `None` (and a note) when there are none: these

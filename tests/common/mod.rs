@@ -11,19 +11,11 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-/// Where prebuilt guest images are: `$LAUNCHER_GUEST_IMAGES`, the shared
-/// folder beside the checkout, or what `guest-images/build.sh` built.
+mod images;
+
+/// Where prebuilt guest images are (see `images.rs` for the order).
 pub fn guest_images() -> Option<PathBuf> {
-    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let candidates = [
-        std::env::var_os("LAUNCHER_GUEST_IMAGES").map(PathBuf::from),
-        Some(manifest.join("../shared/guest-images")),
-        std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/launcher-guest-images")),
-    ];
-    candidates
-        .into_iter()
-        .flatten()
-        .find(|d| d.join("vmlinux").is_file())
+    images::find(Path::new(env!("CARGO_MANIFEST_DIR")))
 }
 
 /// The guest-image directory, or a panic that says how to get one: tests
