@@ -145,12 +145,25 @@ pub struct Vcpu {
     pub mem: GuestMemory,
 }
 
+/// The element size of the port access `KVM_RUN` just returned with
+/// (1, 2 or 4; at least 1).
+fn io_size(run: *const kvm_bindings::kvm_run) -> usize {
+    // SAFETY: `run` is this vCPU's mapped kvm_run, valid for its life; the
+    // exit reason is KVM_EXIT_IO, so `io` is the union member KVM filled
+    // in, and reading a copy of it aliases no Rust reference mutably.
+    let size = unsafe { std::ptr::addr_of!((*run).__bindgen_anon_1.io.size).read() };
+    usize::from(size).max(1)
+}
+
 impl Vcpu {
     /// Runs the guest until something ends the run; the reason goes to
     /// `control`, and the thread returns.
     pub fn run(mut self) {
         let mut fixed = std::collections::BTreeSet::new();
         let mut waiting_for_sipi = false;
+        // The run structure stays mapped for the vCPU's life; its `io`
+        // member tells the element size of a string (rep ins/outs) access.
+        let run_ptr: *const kvm_bindings::kvm_run = self.fd.get_kvm_run();
         loop {
             // The run is ending (a bad driver caught at this very access,
             // say): the guest runs no further instruction.
@@ -183,13 +196,19 @@ impl Vcpu {
             };
             match exit {
                 VcpuExit::IoIn(port, data) => {
-                    if !self.pio.read(port.into(), data) {
-                        log::trace!("vcpu{}: in {port:#x} ({} bytes): nobody there", self.id, data.len());
+                    // A string instruction brings count elements at once:
+                    // each is its own access of the instruction's width.
+                    for element in data.chunks_mut(io_size(run_ptr)) {
+                        if !self.pio.read(port.into(), element) {
+                            log::trace!("vcpu{}: in {port:#x} ({} bytes): nobody there", self.id, element.len());
+                        }
                     }
                 }
                 VcpuExit::IoOut(port, data) => {
-                    if !self.pio.write(port.into(), data) {
-                        log::trace!("vcpu{}: out {port:#x} = {data:02x?}: nobody there", self.id);
+                    for element in data.chunks(io_size(run_ptr)) {
+                        if !self.pio.write(port.into(), element) {
+                            log::trace!("vcpu{}: out {port:#x} = {element:02x?}: nobody there", self.id);
+                        }
                     }
                 }
                 VcpuExit::MmioRead(addr, data) => {

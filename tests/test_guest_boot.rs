@@ -142,3 +142,27 @@ fn a_5000_mb_guest_boots_with_ram_above_4_gib() {
     assert_powered_off(&mut g);
     assert!(!g.output().contains("GUEST-FAIL"), "{}", g.output());
 }
+
+/// `rep outsb` / `rep insb`: KVM hands the launcher all elements of a
+/// string instruction at once; each must reach the device as an access of
+/// the instruction's width (the UART takes one byte per access).
+#[test]
+fn string_port_io_reaches_the_device_element_by_element() {
+    let mut g = boot(&["scenario=rep-io"]);
+    g.wait_for("GUEST-REP-OUTS one string instruction", TIMEOUT);
+    let ins = g.wait_for("GUEST-REP-INS lsr=", TIMEOUT);
+    let bytes: Vec<u8> = ins
+        .trim()
+        .rsplit('=')
+        .next()
+        .unwrap_or("")
+        .split(',')
+        .map(|b| u8::from_str_radix(b, 16).unwrap_or(0))
+        .collect();
+    assert_eq!(bytes.len(), 4, "{ins}");
+    assert!(
+        bytes.iter().all(|&b| b == bytes[0] && b & 0x60 == 0x60),
+        "every element is the UART's line status (THRE|TEMT): {ins}"
+    );
+    assert_powered_off(&mut g);
+}

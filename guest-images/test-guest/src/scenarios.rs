@@ -24,6 +24,7 @@ pub const SCENARIOS: &[(&str, Scenario)] = &[
     ("pio-bench", pio_bench),
     ("wait-forever", wait_forever),
     ("highmem", highmem),
+    ("rep-io", rep_io),
 ];
 
 /// Runs the scenario the command line names.
@@ -124,6 +125,41 @@ fn highmem(_: &Cmdline) -> ! {
         power::poweroff()
     }
     println!("GUEST-HIGHMEM ok at {a:#x} and {b:#x}");
+    finish()
+}
+
+/// String port I/O: one `rep outsb` of a whole line to the UART's data
+/// port, then one `rep insb` of four reads of its line-status register.
+/// Each element must reach the device as its own 1-byte access: the line
+/// arrives whole, and the four status bytes are all the UART's.
+fn rep_io(_: &Cmdline) -> ! {
+    println!("GUEST-TEST-START");
+    let line = b"GUEST-REP-OUTS one string instruction\r\n";
+    // SAFETY: reads `line.len()` bytes from a live buffer; DF is clear.
+    unsafe {
+        core::arch::asm!(
+            "rep outsb",
+            in("dx") crate::serial::COM1,
+            inout("rsi") line.as_ptr() => _,
+            inout("rcx") line.len() => _,
+            options(nostack, readonly)
+        );
+    }
+    let mut lsr = [0u8; 4];
+    // SAFETY: writes 4 bytes into a live buffer; DF is clear.
+    unsafe {
+        core::arch::asm!(
+            "rep insb",
+            in("dx") crate::serial::COM1 + 5,
+            inout("rdi") lsr.as_mut_ptr() => _,
+            inout("rcx") lsr.len() => _,
+            options(nostack)
+        );
+    }
+    println!(
+        "GUEST-REP-INS lsr={:02x},{:02x},{:02x},{:02x}",
+        lsr[0], lsr[1], lsr[2], lsr[3]
+    );
     finish()
 }
 
