@@ -31,6 +31,17 @@ use super::rules::Violation;
 /// Where a worker reports a broken rule; the transport decides what follows.
 pub type ViolationSink = Arc<dyn Fn(Violation) + Send + Sync>;
 
+/// Where a worker reports that it cannot go on for a host reason (its
+/// epoll failed): the transport marks the device as needing a reset, so
+/// the guest hears of it instead of a queue that silently went dead.
+pub type FailureSink = Arc<dyn Fn(String) + Send + Sync>;
+
+/// Test hook: [`Worker::spawn`] of a worker whose name starts with this
+/// fails, as if the host had no threads left (by name, so that tests
+/// running at the same time are not hit).
+#[cfg(test)]
+pub static FAIL_SPAWN_OF: std::sync::Mutex<Option<String>> = std::sync::Mutex::new(None);
+
 const KICK: u64 = 0;
 const STOP: u64 = 1;
 const BACKEND: u64 = 2;
@@ -50,11 +61,21 @@ pub struct WorkerSetup {
     pub vector: u16,
     pub interrupt: Arc<Interrupt>,
     pub violations: ViolationSink,
+    pub failed: FailureSink,
     pub mem: GuestMemoryMmap,
 }
 
 impl Worker {
     pub fn spawn(setup: WorkerSetup) -> std::io::Result<Worker> {
+        #[cfg(test)]
+        if FAIL_SPAWN_OF
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_deref()
+            .is_some_and(|prefix| setup.name.starts_with(prefix))
+        {
+            return Err(std::io::Error::other("test hook: spawn fails"));
+        }
         let stop = EventFd::new(libc::EFD_NONBLOCK)?;
         let stop_rx = stop.try_clone()?;
         let thread = std::thread::Builder::new()
@@ -78,10 +99,7 @@ impl Worker {
 fn run(mut s: WorkerSetup, stop: EventFd) {
     let epoll = match Epoll::new() {
         Ok(e) => e,
-        Err(e) => {
-            log::error!("{}: no epoll: {e}", s.name);
-            return;
-        }
+        Err(e) => return (s.failed)(format!("queue worker {}: no epoll: {e}", s.name)),
     };
     let mut fds = vec![(KICK, s.kick.as_raw_fd()), (STOP, stop.as_raw_fd())];
     if let Some(fd) = s.handler.backend_fd() {
@@ -93,8 +111,10 @@ fn run(mut s: WorkerSetup, stop: EventFd) {
             fd,
             EpollEvent::new(EventSet::IN, token),
         ) {
-            log::error!("{}: cannot wait on fd {fd}: {e}", s.name);
-            return;
+            return (s.failed)(format!(
+                "queue worker {}: cannot wait on fd {fd}: {e}",
+                s.name
+            ));
         }
     }
     let mut events = vec![EpollEvent::default(); 4];
@@ -102,10 +122,7 @@ fn run(mut s: WorkerSetup, stop: EventFd) {
         let n = match epoll.wait(-1, &mut events) {
             Ok(n) => n,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(e) => {
-                log::error!("{}: epoll: {e}", s.name);
-                return;
-            }
+            Err(e) => return (s.failed)(format!("queue worker {}: epoll: {e}", s.name)),
         };
         for ev in &events[..n] {
             match ev.data() {

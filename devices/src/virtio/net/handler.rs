@@ -1463,6 +1463,7 @@ mod tests {
             vector: 0,
             interrupt: interrupt.clone(),
             violations: Arc::new(move |v| sink.lock().unwrap().push(v)),
+            failed: Arc::new(|what| panic!("{what}")),
             mem: mem.clone(),
         })
         .unwrap();

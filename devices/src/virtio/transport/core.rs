@@ -34,7 +34,7 @@ use crate::virtio::device::{feature, status, ConfigSignal, QueueHandler, VirtioD
 use crate::virtio::interrupt::{Interrupt, ISR_CONFIG, NO_VECTOR};
 use crate::virtio::queue::CheckedQueue;
 use crate::virtio::rules::{Rule, Violation};
-use crate::virtio::worker::{ViolationSink, Worker, WorkerSetup};
+use crate::virtio::worker::{FailureSink, ViolationSink, Worker, WorkerSetup};
 
 /// Which interface's rules apply.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -81,6 +81,16 @@ struct Reporter {
 }
 
 impl Reporter {
+    /// The device cannot go on for a host reason (a worker that could not
+    /// start or whose epoll failed): said on stderr, and the driver is told
+    /// through DEVICE_NEEDS_RESET and a configuration interrupt (§2.1.2)
+    /// instead of finding a queue that silently went dead.
+    fn device_failed(&self, what: &str) {
+        log::error!("{}: {what}; the device needs a reset", self.label);
+        self.needs_reset.store(true, Ordering::SeqCst);
+        self.config.raise();
+    }
+
     /// Reports `v`. A broken MUST ends a strict run there; under
     /// `--lenient` it marks the device as needing a reset and tells the
     /// driver with a configuration interrupt (§2.1.2). A warning changes
@@ -1002,7 +1012,8 @@ impl Core {
             match self.start_worker(queue, handler, &interrupt) {
                 Ok(r) => self.running.push(r),
                 Err(e) => {
-                    log::error!("{}: cannot start queue {q}'s worker: {e}", self.label);
+                    let what = format!("cannot start queue {q}'s worker: {e}");
+                    self.reporter.device_failed(&what);
                     break;
                 }
             }
@@ -1033,6 +1044,8 @@ impl Core {
         let kick = EventFd::new(libc::EFD_NONBLOCK)?;
         let reporter = self.reporter.clone();
         let violations: ViolationSink = Arc::new(move |v: Violation| reporter.raise(v));
+        let reporter = self.reporter.clone();
+        let failed: FailureSink = Arc::new(move |what: String| reporter.device_failed(&what));
         let worker = Worker::spawn(WorkerSetup {
             name: format!("{}-q{index}", self.thread_prefix),
             queue,
@@ -1041,6 +1054,7 @@ impl Core {
             vector: self.queues[usize::from(index)].vector,
             interrupt: interrupt.clone(),
             violations,
+            failed,
             mem: self.hooks.memory(),
         })?;
         Ok(Running {

@@ -592,3 +592,20 @@ fn the_device_gets_a_config_signal_on_the_config_vector() {
     r.core.reporter.config.clear();
     assert_eq!(r.core.read_isr(), 0);
 }
+
+/// A worker that cannot start is no silent dead queue: the driver sees
+/// DEVICE_NEEDS_RESET and a configuration interrupt.
+#[test]
+fn a_worker_that_cannot_start_tells_the_driver() {
+    let mut r = rig_in_slot(Version::Modern, 1, false, 0x1d);
+    r.negotiate(feature::VERSION_1);
+    r.place(0);
+    *crate::virtio::worker::FAIL_SPAWN_OF.lock().unwrap() = Some("fake-1d-".into());
+    r.driver_ok();
+    assert!(r.take().is_empty(), "a host failure is no driver's fault");
+    assert!(r.running_queues().is_empty());
+    assert_ne!(r.core.status() & status::DEVICE_NEEDS_RESET, 0);
+    assert_eq!(r.hooks.pulses(), 1, "configuration interrupt");
+    r.status(0);
+    assert_eq!(r.core.status(), 0, "a reset clears it");
+}
