@@ -196,10 +196,40 @@ pub fn remove_on_exit(path: PathBuf) {
         .push(path);
 }
 
+/// Writable disk images, flushed on every way out ([`sync_disks`]).
+static SYNC_ON_EXIT: Mutex<Vec<(PathBuf, std::fs::File)>> = Mutex::new(Vec::new());
+
+/// Has the disk image open as `file` (a descriptor of its own) flushed
+/// with `fdatasync` on every way out of the launcher.
+pub fn sync_on_exit(path: PathBuf, file: std::fs::File) {
+    SYNC_ON_EXIT
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .push((path, file));
+}
+
+/// `fdatasync` on every writable disk: whatever the guest wrote and was
+/// told is done reaches the image before the process exits or re-execs,
+/// whatever ends the run (power-off, signal, reboot, bad driver, crash).
+fn sync_disks() {
+    // try_lock: the panic hook may run while this thread holds the lock.
+    let disks = match SYNC_ON_EXIT.try_lock() {
+        Ok(d) => d,
+        Err(std::sync::TryLockError::Poisoned(e)) => e.into_inner(),
+        Err(std::sync::TryLockError::WouldBlock) => return,
+    };
+    for (path, file) in disks.iter() {
+        if let Err(e) = file.sync_data() {
+            eprintln!("launcher: cannot flush disk {}: {e}", path.display());
+        }
+    }
+}
+
 /// Removes what [`remove_on_exit`] named; called on every way out (a
 /// reboot's re-exec too: the next boot creates them again), the panic hook
 /// included.
 pub fn cleanup() {
+    sync_disks();
     // try_lock: the panic hook may run while this thread holds the lock.
     let paths = match REMOVE_ON_EXIT.try_lock() {
         Ok(p) => p,

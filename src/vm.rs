@@ -206,6 +206,13 @@ impl Vm {
                 disk.capacity(),
                 if b.read_only { ", read-only" } else { "" }
             );
+            if !b.read_only {
+                let handle = disk.sync_handle().map_err(Error::io(format!(
+                    "keep a descriptor on {} to flush it at exit",
+                    b.path.display()
+                )))?;
+                crate::lifecycle::sync_on_exit(b.path.clone(), handle);
+            }
             devices.push(Box::new(disk));
         }
         for n in &config.nets {

@@ -196,6 +196,12 @@ impl Block {
     pub fn path(&self) -> &Path {
         &self.disk.path
     }
+
+    /// A descriptor of its own on the backing file (close-on-exec), for
+    /// the launcher to `fdatasync` on its way out.
+    pub fn sync_handle(&self) -> io::Result<File> {
+        self.disk.file.try_clone()
+    }
 }
 
 /// Opens the backing file; when read-write fails but read-only works, says
