@@ -42,11 +42,15 @@ pub mod code {
 /// can say which it is and tests can tell boots apart.
 pub const BOOT_COUNT_VAR: &str = "LAUNCHER_BOOT_COUNT";
 
-/// The boot number of this process (1 for the first).
+/// The boot number of this process (1 for the first; a value that is not
+/// a number from 1 up counts as the first).
 pub fn boot_number() -> u32 {
-    std::env::var(BOOT_COUNT_VAR)
-        .ok()
-        .and_then(|v| v.parse().ok())
+    parse_boot_number(std::env::var(BOOT_COUNT_VAR).ok().as_deref())
+}
+
+fn parse_boot_number(v: Option<&str>) -> u32 {
+    v.and_then(|v| v.parse::<u32>().ok())
+        .filter(|&n| n >= 1)
         .unwrap_or(1)
 }
 
@@ -271,7 +275,8 @@ pub fn finish(req: VmRequest, argv: &[OsString]) -> ! {
     match &req {
         VmRequest::Poweroff => log::info!("guest powered off"),
         VmRequest::Reboot { reason } => {
-            let next = boot_number() + 1;
+            // Saturates: four billion reboots later the number stops growing.
+            let next = boot_number().saturating_add(1);
             eprintln!("launcher: guest reboot ({reason}); starting boot #{next}");
             let err = reexec(argv, next);
             eprintln!("launcher: cannot re-execute myself to reboot: {err}");
@@ -364,6 +369,19 @@ fn reexec(argv: &[OsString], boot: u32) -> std::io::Error {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn boot_numbers_parse_and_cannot_overflow() {
+        assert_eq!(parse_boot_number(None), 1);
+        assert_eq!(parse_boot_number(Some("7")), 7);
+        for bad in ["", "0", "-3", "x", "99999999999999999999"] {
+            assert_eq!(parse_boot_number(Some(bad)), 1, "{bad:?}");
+        }
+        assert_eq!(
+            parse_boot_number(Some("4294967295")).saturating_add(1),
+            u32::MAX
+        );
+    }
 
     #[test]
     fn exit_codes_are_distinct() {
