@@ -23,7 +23,7 @@
 mod common;
 
 use common::strict::{self, *};
-use common::{ethernet_frame, netns_unavailable, NetNs, PacketSocket};
+use common::{ethernet_frame, NetNs, PacketSocket};
 use std::sync::mpsc;
 use std::time::Duration;
 
@@ -32,29 +32,11 @@ const TUNNET: &str = "--tunnet=tap:snet0";
 const ETHERTYPE: u16 = 0x88b5;
 const FRAMES: usize = 4;
 
-fn skip() -> bool {
-    match netns_unavailable() {
-        Some(why) => {
-            eprintln!("skipped: {why}");
-            true
-        }
-        None => false,
-    }
-}
-
-/// A namespace with an up tap named [`TAP`] in it.
-fn namespace_with_tap() -> NetNs {
-    let ns = NetNs::new();
-    ns.run(&["ip", "tuntap", "add", "dev", TAP, "mode", "tap"]);
-    ns.run(&["ip", "link", "set", TAP, "up"]);
-    ns
-}
-
 /// Runs `f` on a thread inside a fresh namespace with the tap, so the
 /// launchers it starts open the tap there; a failure in `f` fails the test
 /// with its own message.
 fn in_namespace(f: impl FnOnce() + Send + 'static) {
-    let ns = namespace_with_tap();
+    let ns = NetNs::with_tap(TAP);
     if let Err(panic) = ns.spawn(f).join() {
         std::panic::resume_unwind(panic);
     }
@@ -62,7 +44,7 @@ fn in_namespace(f: impl FnOnce() + Send + 'static) {
 
 #[test]
 fn every_net_stop_scenario_stops_the_launcher_naming_its_rule() {
-    if skip() {
+    if common::netns_skipped() {
         return;
     }
     in_namespace(|| run_stop_table(&[TUNNET], "virtio-net", NET_IDS, STOP_NET));
@@ -70,7 +52,7 @@ fn every_net_stop_scenario_stops_the_launcher_naming_its_rule() {
 
 #[test]
 fn every_legacy_net_stop_scenario_stops_the_launcher_naming_its_rule() {
-    if skip() {
+    if common::netns_skipped() {
         return;
     }
     in_namespace(|| {
@@ -85,7 +67,7 @@ fn every_legacy_net_stop_scenario_stops_the_launcher_naming_its_rule() {
 
 #[test]
 fn every_net_warning_scenario_warns_once_and_stops_with_warnings_as_errors() {
-    if skip() {
+    if common::netns_skipped() {
         return;
     }
     in_namespace(|| run_warning_table(&[TUNNET], "virtio-net", NET_IDS, WARN_NET));
@@ -95,7 +77,7 @@ fn every_net_warning_scenario_warns_once_and_stops_with_warnings_as_errors() {
 /// `--lenient` the guest runs on and sees DEVICE_NEEDS_RESET.
 #[test]
 fn lenient_net_violations_set_device_needs_reset() {
-    if skip() {
+    if common::netns_skipped() {
         return;
     }
     in_namespace(|| {
@@ -157,7 +139,7 @@ fn capture_while<T>(count: usize, run: impl FnOnce() -> T) -> (T, Vec<Vec<u8>>) 
 /// the frames, the launcher reports nothing.
 #[test]
 fn legacy_driver_frames_reach_the_tap_in_both_layouts() {
-    if skip() {
+    if common::netns_skipped() {
         return;
     }
     in_namespace(|| {
@@ -187,7 +169,7 @@ fn legacy_driver_frames_reach_the_tap_in_both_layouts() {
 /// The legacy driver receives frames sent into the tap, in both layouts.
 #[test]
 fn legacy_driver_receives_frames_in_both_layouts() {
-    if skip() {
+    if common::netns_skipped() {
         return;
     }
     in_namespace(|| {
@@ -231,7 +213,7 @@ fn legacy_driver_receives_frames_in_both_layouts() {
 /// either (virtio_net.rs checks for stops only).
 #[test]
 fn well_behaved_modern_driver_draws_no_warning() {
-    if skip() {
+    if common::netns_skipped() {
         return;
     }
     in_namespace(|| {

@@ -18,7 +18,7 @@
 
 mod common;
 
-use common::{ethernet_frame, netns_unavailable, test_guest, Guest, NetNs, PacketSocket};
+use common::{ethernet_frame, test_guest, Guest, NetNs, PacketSocket};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -29,24 +29,6 @@ const TAP: &str = "ltap0";
 const FRAMES: usize = 8;
 /// A locally administered MAC given with `--tunnet …:MAC`.
 const GIVEN_MAC: &str = "52:54:00:ab:cd:ef";
-
-fn skip() -> bool {
-    match netns_unavailable() {
-        Some(why) => {
-            common::skip(why);
-            true
-        }
-        None => false,
-    }
-}
-
-/// A namespace with an up tap named [`TAP`] in it.
-fn namespace_with_tap() -> NetNs {
-    let ns = NetNs::new();
-    ns.run(&["ip", "tuntap", "add", "dev", TAP, "mode", "tap"]);
-    ns.run(&["ip", "link", "set", TAP, "up"]);
-    ns
-}
 
 /// Starts the launcher inside `ns` with `net` (a --tunnet value).
 fn start(ns: &NetNs, net: &str, scenario: &[&str]) -> Guest {
@@ -123,11 +105,11 @@ fn check_tx_frames(frames: &[Vec<u8>], mac: [u8; 6], output: &str) {
 
 #[test]
 fn guest_frames_reach_the_tap() {
-    if skip() {
+    if common::netns_skipped() {
         return;
     }
     let t = Instant::now();
-    let ns = namespace_with_tap();
+    let ns = NetNs::with_tap(TAP);
     let (ready, cap) = capture(&ns, Some(TAP), FRAMES);
     ready
         .recv_timeout(TIMEOUT)
@@ -174,11 +156,11 @@ fn check_rx(g: &mut Guest, payloads: &[String]) {
 
 #[test]
 fn tap_frames_reach_the_guest() {
-    if skip() {
+    if common::netns_skipped() {
         return;
     }
     let t = Instant::now();
-    let ns = namespace_with_tap();
+    let ns = NetNs::with_tap(TAP);
     let count = format!("count={FRAMES}");
     let mut g = start(
         &ns,
@@ -206,7 +188,7 @@ fn interface_with(ns: &NetNs, addr: &str) -> Option<String> {
 
 #[test]
 fn launcher_made_tap_with_an_address_carries_frames_both_ways() {
-    if skip() {
+    if common::netns_skipped() {
         return;
     }
     let t = Instant::now();

@@ -334,6 +334,18 @@ pub fn netns_unavailable() -> Option<String> {
     None
 }
 
+/// For tests that need network namespaces: true (after [`skip`], which
+/// fails under CI) when they cannot run here.
+pub fn netns_skipped() -> bool {
+    match netns_unavailable() {
+        Some(why) => {
+            skip(why);
+            true
+        }
+        None => false,
+    }
+}
+
 /// A network namespace `launcher-test-<pid>-<n>` made for one test and
 /// deleted (`ip netns del`) when dropped, also when the test fails.
 pub struct NetNs {
@@ -355,6 +367,14 @@ impl NetNs {
             String::from_utf8_lossy(&out.stderr)
         );
         NetNs { name }
+    }
+
+    /// A new namespace with an up tap named `tap` in it.
+    pub fn with_tap(tap: &str) -> NetNs {
+        let ns = NetNs::new();
+        ns.run(&["ip", "tuntap", "add", "dev", tap, "mode", "tap"]);
+        ns.run(&["ip", "link", "set", tap, "up"]);
+        ns
     }
 
     /// `ip netns exec <name> <program>`, output captured.

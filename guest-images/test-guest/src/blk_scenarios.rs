@@ -53,10 +53,11 @@ use crate::port::{inb, inl, inw, outb, outl, outw};
 use crate::power;
 use crate::println;
 use crate::scenarios::{finish, rdtsc, Scenario};
+use crate::virtio::legacy;
 use crate::virtio::{
-    read16, read64, read8, set_desc_at, status, write16, write32, write64, write8, Device, Pages,
-    Vq, AVAIL_NO_INTERRUPT, BLK_DEVICE, DESC_INDIRECT, DESC_NEXT, DESC_WRITE, F_INDIRECT_DESC,
-    F_VERSION_1, RING_BYTES, VENDOR,
+    read16, read64, read8, set_desc_at, status, write32, write64, write8, Device, Pages, Vq,
+    BLK_DEVICE, DESC_INDIRECT, DESC_NEXT, DESC_WRITE, F_INDIRECT_DESC, F_VERSION_1, RING_BYTES,
+    VENDOR,
 };
 use crate::virtio_scenarios::fail;
 
@@ -216,20 +217,6 @@ enum Transport {
     },
 }
 
-/// Legacy I/O BAR registers (virtio 1.0 §4.1.4.8), without MSI-X.
-mod legacy {
-    pub const HOST_FEATURES: u16 = 0;
-    pub const GUEST_FEATURES: u16 = 4;
-    pub const QUEUE_PFN: u16 = 8;
-    pub const QUEUE_NUM: u16 = 12;
-    pub const QUEUE_SEL: u16 = 14;
-    pub const QUEUE_NOTIFY: u16 = 16;
-    pub const STATUS: u16 = 18;
-    pub const CONFIG: u16 = 20;
-    /// PCI command register: I/O space.
-    pub const COMMAND_IO: u16 = 1;
-}
-
 impl Transport {
     fn status(&self) -> u8 {
         match self {
@@ -327,7 +314,7 @@ impl Blk {
         let cmd = slot.read16(pci::COMMAND);
         slot.write16(
             pci::COMMAND,
-            cmd | legacy::COMMAND_IO | pci::COMMAND_BUS_MASTER,
+            cmd | pci::COMMAND_IO | pci::COMMAND_BUS_MASTER,
         );
         let io = (bar & !3) as u16;
         let reg = |r: u16| io + r;
@@ -344,13 +331,7 @@ impl Blk {
             println!("GUEST-FAIL legacy queue size {size}");
             power::poweroff()
         }
-        // The legacy layout: available ring right after the descriptors,
-        // used ring on the next 4 KiB boundary.
-        let mut vq = Vq::at(0, size, RING.addr());
-        let n = u64::from(size);
-        vq.avail = vq.desc + 16 * n;
-        vq.used = (vq.avail + 6 + 2 * n).next_multiple_of(4096);
-        write16(vq.avail, AVAIL_NO_INTERRUPT);
+        let vq = Vq::legacy_at(0, size, RING.addr());
         outl(reg(legacy::QUEUE_PFN), (vq.desc >> 12) as u32);
         let ok = status::ACKNOWLEDGE | status::DRIVER | status::DRIVER_OK;
         outb(reg(legacy::STATUS), ok);
@@ -673,7 +654,6 @@ fn bad_writable_header(_: &Cmdline) -> ! {
     b.kick();
     crate::scenarios::after_bad(|| (b.dev).status())
 }
-
 
 /// A request that breaks a rule the device still answers: waits for the
 /// answer, prints `GUEST-BLK-STATUS <what>=<status>`, then [`crate::scenarios::after_bad`].

@@ -13,6 +13,7 @@ use crate::pci::{self, Slot};
 use crate::port::{inb, inl, inw, outb, outl, outw};
 use crate::power;
 use crate::scenarios::{finish, Scenario};
+use crate::virtio::legacy as reg;
 use crate::virtio::{self, buffer, status, Pages, Vq, DESC_WRITE, RING_BYTES, VENDOR};
 use crate::virtio_scenarios::fail;
 use crate::{print, println};
@@ -20,18 +21,6 @@ use crate::{print, println};
 /// The transitional PCI device id of virtio-rng.
 pub const RNG_LEGACY_DEVICE: u16 = 0x1005;
 
-/// I/O BAR registers (virtio 0.9.5 / 1.0 §4.1.4.8).
-mod reg {
-    pub const HOST_FEATURES: u16 = 0;
-    pub const GUEST_FEATURES: u16 = 4;
-    pub const QUEUE_PFN: u16 = 8;
-    pub const QUEUE_NUM: u16 = 12;
-    pub const QUEUE_SEL: u16 = 14;
-    pub const QUEUE_NOTIFY: u16 = 16;
-    pub const STATUS: u16 = 18;
-}
-
-const COMMAND_IO: u16 = 1;
 const RANDOM_BYTES: usize = 32;
 
 pub const SCENARIOS: &[(&str, Scenario)] = &[
@@ -79,7 +68,10 @@ impl Legacy {
             fail("BAR0 of the legacy function is not an I/O BAR");
         }
         let cmd = slot.read16(pci::COMMAND);
-        slot.write16(pci::COMMAND, cmd | COMMAND_IO | pci::COMMAND_BUS_MASTER);
+        slot.write16(
+            pci::COMMAND,
+            cmd | pci::COMMAND_IO | pci::COMMAND_BUS_MASTER,
+        );
         let d = Legacy {
             io: (bar & !3) as u16,
         };
@@ -106,14 +98,7 @@ impl Legacy {
             println!("GUEST-FAIL legacy queue size {size}");
             power::poweroff()
         }
-        let mut vq = Vq::at(0, size, RING.addr());
-        // The legacy layout: available ring right after the descriptors,
-        // used ring on the next 4 KiB boundary.
-        let n = u64::from(size);
-        vq.avail = vq.desc + 16 * n;
-        vq.used = (vq.avail + 6 + 2 * n).next_multiple_of(4096);
-        virtio::write16(vq.avail, virtio::AVAIL_NO_INTERRUPT);
-        vq
+        Vq::legacy_at(0, size, RING.addr())
     }
 
     fn set_pfn(&self, vq: &Vq) {
@@ -217,4 +202,3 @@ fn bad_legacy_header_access(_: &Cmdline) -> ! {
     core::hint::black_box(inl(d.io + reg::QUEUE_NUM));
     crate::scenarios::after_bad(|| d.status())
 }
-

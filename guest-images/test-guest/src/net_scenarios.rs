@@ -37,9 +37,10 @@ use crate::pci;
 use crate::port::{inb, inl, inw, outb, outl, outw};
 use crate::power;
 use crate::scenarios::{finish, rdtsc, Scenario};
+use crate::virtio::legacy as reg;
 use crate::virtio::{
-    read16, read8, status, write16, write8, Device, Pages, Vq, AVAIL_NO_INTERRUPT, DESC_NEXT,
-    DESC_WRITE, F_VERSION_1, NET_DEVICE, RING_BYTES, VENDOR,
+    read16, read8, status, write16, write8, Device, Pages, Vq, DESC_NEXT, DESC_WRITE, F_VERSION_1,
+    NET_DEVICE, RING_BYTES, VENDOR,
 };
 use crate::virtio_scenarios::fail;
 use crate::{print, println};
@@ -678,7 +679,6 @@ impl Net {
     }
 }
 
-
 /// VERSION_1, MAC and `more`.
 fn accept(more: u64) -> impl Fn(u64) -> u64 {
     move |offered| F_VERSION_1 | offered & F_MAC | more
@@ -846,20 +846,6 @@ fn bad_mac_not_accepted(_: &Cmdline) -> ! {
 
 /// The transitional PCI device id of virtio-net.
 const NET_LEGACY_DEVICE: u16 = 0x1000;
-const COMMAND_IO: u16 = 1;
-
-/// Legacy I/O BAR registers (virtio 1.2 §4.1.4.10); the device
-/// configuration follows the header at 20 while MSI-X is off.
-mod reg {
-    pub const HOST_FEATURES: u16 = 0;
-    pub const GUEST_FEATURES: u16 = 4;
-    pub const QUEUE_PFN: u16 = 8;
-    pub const QUEUE_NUM: u16 = 12;
-    pub const QUEUE_SEL: u16 = 14;
-    pub const QUEUE_NOTIFY: u16 = 16;
-    pub const STATUS: u16 = 18;
-    pub const CONFIG: u16 = 20;
-}
 
 /// A legacy driver's virtio-net: its I/O BAR, both queues (laid out the
 /// legacy way in [`RX_RING`] and [`TX_RING`]) and its header size.
@@ -885,7 +871,10 @@ impl LegacyNet {
             fail("BAR0 of the legacy function is not an I/O BAR");
         }
         let cmd = slot.read16(pci::COMMAND);
-        slot.write16(pci::COMMAND, cmd | COMMAND_IO | pci::COMMAND_BUS_MASTER);
+        slot.write16(
+            pci::COMMAND,
+            cmd | pci::COMMAND_IO | pci::COMMAND_BUS_MASTER,
+        );
         let io = (bar & !3) as u16;
         let ad = status::ACKNOWLEDGE | status::DRIVER;
         outb(io + reg::STATUS, 0);
@@ -957,20 +946,10 @@ fn legacy_queue(io: u16, index: u16, base: u64) -> Vq {
         println!("GUEST-FAIL legacy queue {index} size {size}");
         power::poweroff()
     }
-    let mut vq = Vq::at(index, size, base);
-    // Available ring right after the descriptors, used ring on the next
-    // 4 KiB boundary.
-    let n = u64::from(size);
-    vq.avail = vq.desc + 16 * n;
-    vq.used = (vq.avail + 6 + 2 * n).next_multiple_of(4096);
-    if vq.used + 6 + 8 * n > base + RING_BYTES as u64 {
-        fail("the legacy rings do not fit");
-    }
-    write16(vq.avail, AVAIL_NO_INTERRUPT);
+    let vq = Vq::legacy_at(index, size, base);
     outl(io + reg::QUEUE_PFN, (base >> 12) as u32);
     vq
 }
-
 
 /// `layout=split` (default) or `layout=any`: whether the driver accepts
 /// ANY_LAYOUT and puts header and frame in one buffer.

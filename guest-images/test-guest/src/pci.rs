@@ -19,6 +19,8 @@ pub const CLASS_REV: u8 = 0x08;
 pub const BAR0: u8 = 0x10;
 pub const CAPABILITIES: u8 = 0x34;
 
+/// Command register: I/O space decoding.
+pub const COMMAND_IO: u16 = 1;
 pub const COMMAND_MEMORY: u16 = 1 << 1;
 pub const COMMAND_BUS_MASTER: u16 = 1 << 2;
 pub const STATUS_CAP_LIST: u16 = 1 << 4;

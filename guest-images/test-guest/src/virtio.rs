@@ -412,6 +412,19 @@ impl Device {
     }
 }
 
+/// The legacy (0.9.5) I/O BAR registers (virtio 1.2 §4.1.4.10); the
+/// device configuration follows the header at 20 while MSI-X is off.
+pub mod legacy {
+    pub const HOST_FEATURES: u16 = 0;
+    pub const GUEST_FEATURES: u16 = 4;
+    pub const QUEUE_PFN: u16 = 8;
+    pub const QUEUE_NUM: u16 = 12;
+    pub const QUEUE_SEL: u16 = 14;
+    pub const QUEUE_NOTIFY: u16 = 16;
+    pub const STATUS: u16 = 18;
+    pub const CONFIG: u16 = 20;
+}
+
 /// A split virtqueue in [`RING`].
 pub struct Vq {
     pub index: u16,
@@ -451,6 +464,22 @@ impl Vq {
             avail_idx: 0,
             last_used: 0,
         };
+        write16(vq.avail, AVAIL_NO_INTERRUPT);
+        vq
+    }
+
+    /// Queue `index` of the device's fixed `size` at page-aligned `base`,
+    /// laid out the legacy way (Linux's `vring_init`): the available ring
+    /// right after the descriptors, the used ring on the next 4 KiB
+    /// boundary. Fails the scenario if that does not fit [`RING_BYTES`].
+    pub fn legacy_at(index: u16, size: u16, base: u64) -> Vq {
+        let mut vq = Vq::at(index, size, base);
+        let n = u64::from(size);
+        vq.avail = vq.desc + 16 * n;
+        vq.used = (vq.avail + 6 + 2 * n).next_multiple_of(4096);
+        if vq.used + 6 + 8 * n > base + RING_BYTES as u64 {
+            crate::virtio_scenarios::fail("the legacy rings do not fit");
+        }
         write16(vq.avail, AVAIL_NO_INTERRUPT);
         vq
     }

@@ -99,7 +99,10 @@ pub const BAD: &[(&str, Bad)] = &[
     ("bad-reset-not-confirmed", bad_reset_not_confirmed),
     ("bad-features-ok-not-reread", bad_features_ok_not_reread),
     ("bad-feature-before-driver", bad_feature_before_driver),
-    ("bad-msix-vector-not-read-back", bad_msix_vector_not_read_back),
+    (
+        "bad-msix-vector-not-read-back",
+        bad_msix_vector_not_read_back,
+    ),
     ("bad-used-flags-not-zero", bad_used_flags_not_zero),
     ("bad-capability-write", bad_capability_write),
     ("bad-avail-index-decrement", bad_avail_index_decrement),
@@ -140,7 +143,6 @@ fn ready() -> (Device, Vq) {
     d.driver_ok();
     (d, vq)
 }
-
 
 /// One request for `RANDOM_BYTES` device-writable bytes in buffer `n`.
 fn read_random(d: &Device, vq: &mut Vq, n: u64) -> [u8; RANDOM_BYTES] {

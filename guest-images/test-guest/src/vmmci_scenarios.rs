@@ -49,7 +49,6 @@ mod status {
     pub const DRIVER_OK: u8 = 4;
 }
 
-const COMMAND_IO: u16 = 1;
 const ISR_CONFIG: u8 = 2;
 const FEATURES: u32 = 7;
 const SHUTDOWN: u32 = 1;
@@ -119,7 +118,7 @@ fn probe(style: Style) -> Vmmci {
         panic!("no vmmci device (0b5d:0777): start the launcher with --vmmci")
     };
     let cmd = slot.read16(pci::COMMAND);
-    slot.write16(pci::COMMAND, cmd | COMMAND_IO);
+    slot.write16(pci::COMMAND, cmd | pci::COMMAND_IO);
     let bar = slot.read32(pci::BAR0);
     assert!(bar & 1 == 1, "vmmci BAR0 {bar:#x} is not I/O space");
     let io = (bar & 0xfffc) as u16;
@@ -235,4 +234,3 @@ fn reboot_on_input(_: &Cmdline) -> ! {
     }
     power::reboot()
 }
-
