@@ -152,14 +152,7 @@ fn legacy_driver_frames_reach_the_tap_in_both_layouts() {
                 )
             });
             assert_clean(&r);
-            let payloads: Vec<String> = frames
-                .iter()
-                .map(|f| {
-                    String::from_utf8_lossy(&f[14..])
-                        .trim_end_matches('\0')
-                        .to_string()
-                })
-                .collect();
+            let payloads = common::frame_payloads(&frames);
             let want: Vec<String> = (0..FRAMES).map(|i| format!("launcher-test {i}")).collect();
             assert_eq!(payloads, want, "{layout}; guest output:\n{}", r.output);
         }

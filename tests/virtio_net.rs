@@ -83,14 +83,7 @@ fn capture(
 }
 
 fn check_tx_frames(frames: &[Vec<u8>], mac: [u8; 6], output: &str) {
-    let payloads: Vec<String> = frames
-        .iter()
-        .map(|f| {
-            String::from_utf8_lossy(&f[14..])
-                .trim_end_matches('\0')
-                .to_string()
-        })
-        .collect();
+    let payloads = common::frame_payloads(frames);
     let want: Vec<String> = (0..FRAMES).map(|i| format!("launcher-test {i}")).collect();
     assert_eq!(
         payloads, want,

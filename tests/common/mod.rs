@@ -580,6 +580,19 @@ impl PacketSocket {
 }
 
 /// An Ethernet frame: destination, source, ethertype, payload.
+/// The payloads of captured Ethernet frames as text (the bytes after the
+/// 14-byte header, padding dropped).
+pub fn frame_payloads(frames: &[Vec<u8>]) -> Vec<String> {
+    frames
+        .iter()
+        .map(|f| {
+            String::from_utf8_lossy(f.get(14..).unwrap_or_default())
+                .trim_end_matches('\0')
+                .to_string()
+        })
+        .collect()
+}
+
 pub fn ethernet_frame(dst: [u8; 6], src: [u8; 6], ethertype: u16, payload: &[u8]) -> Vec<u8> {
     let mut f = Vec::with_capacity(14 + payload.len());
     f.extend_from_slice(&dst);

@@ -305,18 +305,7 @@ impl Blk {
     fn start_legacy() -> Blk {
         println!("GUEST-TEST-START");
         pci::enumerate();
-        let slot = pci::find(VENDOR, BLK_LEGACY_DEVICE)
-            .unwrap_or_else(|| fail("no legacy virtio-blk (1af4:1001) on bus 0"));
-        let bar = slot.read32(pci::BAR0);
-        if bar & 1 == 0 {
-            fail("BAR0 of the legacy function is not an I/O BAR");
-        }
-        let cmd = slot.read16(pci::COMMAND);
-        slot.write16(
-            pci::COMMAND,
-            cmd | pci::COMMAND_IO | pci::COMMAND_BUS_MASTER,
-        );
-        let io = (bar & !3) as u16;
+        let io = crate::virtio::legacy_function(VENDOR, BLK_LEGACY_DEVICE, "virtio-blk");
         let reg = |r: u16| io + r;
         outb(reg(legacy::STATUS), 0);
         outb(reg(legacy::STATUS), status::ACKNOWLEDGE);

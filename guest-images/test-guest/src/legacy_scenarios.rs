@@ -9,7 +9,7 @@
 //!   ever writing GUEST_FEATURES (`LegacyQueuePfnBeforeFeatures`).
 
 use crate::cmdline::Cmdline;
-use crate::pci::{self, Slot};
+use crate::pci;
 use crate::port::{inb, inl, inw, outb, outl, outw};
 use crate::power;
 use crate::scenarios::{finish, Scenario};
@@ -61,20 +61,8 @@ impl Legacy {
     fn start() -> Legacy {
         println!("GUEST-TEST-START");
         pci::enumerate();
-        let slot: Slot = pci::find(VENDOR, RNG_LEGACY_DEVICE)
-            .unwrap_or_else(|| fail("no legacy virtio-rng (1af4:1005) on bus 0"));
-        let bar = slot.read32(pci::BAR0);
-        if bar & 1 == 0 {
-            fail("BAR0 of the legacy function is not an I/O BAR");
-        }
-        let cmd = slot.read16(pci::COMMAND);
-        slot.write16(
-            pci::COMMAND,
-            cmd | pci::COMMAND_IO | pci::COMMAND_BUS_MASTER,
-        );
-        let d = Legacy {
-            io: (bar & !3) as u16,
-        };
+        let io = virtio::legacy_function(VENDOR, RNG_LEGACY_DEVICE, "virtio-rng");
+        let d = Legacy { io };
         println!("GUEST-VIRTIO-LEGACY io={:#x}", d.io);
         d.set_status(0);
         d.set_status(status::ACKNOWLEDGE);

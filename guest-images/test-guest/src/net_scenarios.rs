@@ -864,18 +864,7 @@ impl LegacyNet {
     fn start(accept: impl Fn(u64) -> u64) -> LegacyNet {
         println!("GUEST-TEST-START");
         pci::enumerate();
-        let slot = pci::find(VENDOR, NET_LEGACY_DEVICE)
-            .unwrap_or_else(|| fail("no legacy virtio-net (1af4:1000) on bus 0"));
-        let bar = slot.read32(pci::BAR0);
-        if bar & 1 == 0 {
-            fail("BAR0 of the legacy function is not an I/O BAR");
-        }
-        let cmd = slot.read16(pci::COMMAND);
-        slot.write16(
-            pci::COMMAND,
-            cmd | pci::COMMAND_IO | pci::COMMAND_BUS_MASTER,
-        );
-        let io = (bar & !3) as u16;
+        let io = crate::virtio::legacy_function(VENDOR, NET_LEGACY_DEVICE, "virtio-net");
         let ad = status::ACKNOWLEDGE | status::DRIVER;
         outb(io + reg::STATUS, 0);
         outb(io + reg::STATUS, status::ACKNOWLEDGE);

@@ -425,6 +425,26 @@ pub mod legacy {
     pub const CONFIG: u16 = 20;
 }
 
+/// Finds the legacy function `vendor:device` on bus 0, turns on its I/O
+/// space and bus mastering, and returns its I/O BAR's base port; fails the
+/// scenario (naming `what`) if it is missing or its BAR0 is not I/O.
+pub fn legacy_function(vendor: u16, device: u16, what: &str) -> u16 {
+    let Some(slot) = pci::find(vendor, device) else {
+        println!("GUEST-FAIL no legacy {what} ({vendor:04x}:{device:04x}) on bus 0");
+        crate::power::poweroff()
+    };
+    let bar = slot.read32(pci::BAR0);
+    if bar & 1 == 0 {
+        crate::virtio_scenarios::fail("BAR0 of the legacy function is not an I/O BAR");
+    }
+    let cmd = slot.read16(pci::COMMAND);
+    slot.write16(
+        pci::COMMAND,
+        cmd | pci::COMMAND_IO | pci::COMMAND_BUS_MASTER,
+    );
+    (bar & !3) as u16
+}
+
 /// A split virtqueue in [`RING`].
 pub struct Vq {
     pub index: u16,
