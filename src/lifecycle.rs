@@ -229,6 +229,37 @@ fn sync_disks() {
     }
 }
 
+/// The consoles' output, drained on the way out ([`drain_console`]).
+static OUTPUT: Mutex<Option<devices::output::Output>> = Mutex::new(None);
+
+/// Has the console output drained before the launcher exits or re-execs.
+pub fn drain_on_exit(output: devices::output::Output) {
+    *OUTPUT.lock().unwrap_or_else(|e| e.into_inner()) = Some(output);
+}
+
+/// Lets the console writer finish what the guest printed, as long as the
+/// reader keeps taking it: a guest's last lines before a power-off must
+/// reach a pipe, but a stdout nobody reads must not keep the launcher
+/// alive (it gives up after `stall` without progress), and says what was
+/// lost.
+fn drain_console(stall: std::time::Duration) {
+    let output = OUTPUT.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let Some(output) = output else { return };
+    let d = output.drain(stall);
+    if d.dropped > 0 {
+        eprintln!(
+            "launcher: 8250 console: {} bytes of guest output dropped (stdout was not read fast enough)",
+            d.dropped
+        );
+    }
+    if d.unwritten > 0 {
+        eprintln!(
+            "launcher: {} bytes of guest console output not written (stdout is not being read)",
+            d.unwritten
+        );
+    }
+}
+
 /// Removes what [`remove_on_exit`] named; called on every way out (a
 /// reboot's re-exec too: the next boot creates them again), the panic hook
 /// included.
@@ -261,6 +292,11 @@ pub fn exit_code(req: &VmRequest) -> Option<i32> {
 /// Ends the process as `req` says: exit with its code, or re-exec.
 pub fn finish(req: VmRequest, argv: &[OsString]) -> ! {
     terminal::restore();
+    // The user asked to stop: no more than a moment for the console.
+    drain_console(match req {
+        VmRequest::Signal(_) | VmRequest::Escape => std::time::Duration::from_millis(100),
+        _ => std::time::Duration::from_secs(1),
+    });
     cleanup();
     let pending = PENDING_SHUTDOWN.load(std::sync::atomic::Ordering::SeqCst);
     let req = match req {

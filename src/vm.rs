@@ -140,6 +140,9 @@ impl Vm {
                 .map_err(Error::kvm("wire an interrupt (irqfd)"))?;
             Ok(fd)
         };
+        let output = devices::output::Output::stdout()
+            .map_err(Error::io("start the console output thread"))?;
+        crate::lifecycle::drain_on_exit(output.clone());
         let serial_room =
             EventFd::new(libc::EFD_NONBLOCK).map_err(Error::io("create an eventfd"))?;
         let serial = Arc::new(Mutex::new(SerialPort::new(
@@ -147,7 +150,7 @@ impl Vm {
             serial_room
                 .try_clone()
                 .map_err(Error::io("clone an eventfd"))?,
-            Box::new(std::io::stdout()),
+            Box::new(output.serial_sink()),
         )));
         pio.insert(serial.clone(), ports::COM1, ports::COM1_LEN)?;
         let i8042 = I8042::new(Some(irq(1)?), control.clone());
@@ -188,7 +191,7 @@ impl Vm {
         if !config.vmd {
             devices.push(Box::new(Console::new(
                 console_input.clone(),
-                Box::new(std::io::stdout()),
+                output.clone(),
             )));
         }
         if config.vmd && config.rng {

@@ -100,6 +100,7 @@ fn the_running_threads_are_the_documented_ones() {
         [
             "console-01-q0",
             "console-01-q1",
+            "console-out",
             "launcher",
             "rng-02-q0",
             "vcpu0"

@@ -11,6 +11,7 @@ pub mod bus;
 pub mod control;
 pub mod guestlog;
 pub mod legacy;
+pub mod output;
 pub mod pci;
 pub mod virtio;
 

@@ -1,7 +1,8 @@
 //! The 8250/16550A UART at COM1 (0x3f8, IRQ 4), on `vm-superio`.
 //!
-//! Guest writes to the transmit register go straight to the launcher's
-//! stdout; bytes typed on stdin are queued into the receive FIFO by the
+//! Guest writes to the transmit register go to the launcher's console
+//! output (`crate::output`: a bounded buffer in front of stdout that drops
+//! what does not fit, so a stdout nobody reads never stalls a vCPU); bytes typed on stdin are queued into the receive FIFO by the
 //! launcher's event loop (its stdin subscriber) through [`InputSink`], and
 //! [`RoomForInput`] tells it when the guest drained the FIFO. Interrupts
 //! go out through an eventfd that the launcher registers as an irqfd on

@@ -10,7 +10,16 @@
 //!   buffers and waits (at most [`INPUT_SECONDS`], counted on the CMOS
 //!   clock) for a line, then sends `HVC-ECHO <line>\n`.
 //!
-//! Both print `GUEST-TEST-END` on COM1 and power off once the device has
+//! - `virtio-console-flood`: sends `lines=N` (default 30000) numbered
+//!   lines `HVC-FLOOD 000000` … through the transmitq, 240 to a 4 KiB
+//!   buffer, one buffer at a time as Linux's hvc does, waiting as long as
+//!   it takes for each to come back (the launcher holds them while its
+//!   stdout is not read), then `GUEST-FLOOD-SENT lines=N` on COM1.
+//! - `serial-flood`: `bytes=N` (default 1 MiB) of numbered lines
+//!   `SER-FLOOD 000000` on COM1 with `rep outsb` (4 KiB per instruction,
+//!   so the flood is quick), then `GUEST-FLOOD-SENT bytes=N`.
+//!
+//! All print `GUEST-TEST-END` on COM1 and power off once the device has
 //! returned every buffer; `GUEST-FAIL <why>` and a power-off otherwise.
 
 use crate::cmdline::Cmdline;
@@ -25,6 +34,8 @@ pub const SCENARIOS: &[(&str, Scenario)] = &[
     ("virtio-console-out", console_out),
     ("virtio-console-echo", console_echo),
     ("bad-console-buffer-direction", bad_console_buffer_direction),
+    ("virtio-console-flood", console_flood),
+    ("serial-flood", serial_flood),
 ];
 
 const RECEIVEQ: u16 = 0;
@@ -223,4 +234,87 @@ fn bad_console_buffer_direction(_: &Cmdline) -> ! {
     c.tx.offer(head);
     c.dev.notify(&c.tx);
     crate::scenarios::after_bad(|| c.dev.status())
+}
+
+/// Bytes in one `HVC-FLOOD nnnnnn\n` / `SER-FLOOD nnnnnn\n` line.
+const FLOOD_LINE: usize = 17;
+/// Whole lines in one 4 KiB transmit buffer or `rep outsb`.
+const FLOOD_LINES_PER_BUFFER: usize = 240;
+
+/// Writes line `n` (`PREFIX nnnnnn\n`, six digits, `prefix` 10 bytes) at
+/// `out`.
+fn flood_line(out: &mut [u8], prefix: &[u8; 10], n: usize) {
+    out[..10].copy_from_slice(prefix);
+    let mut v = n;
+    for i in (0..6).rev() {
+        out[10 + i] = b'0' + (v % 10) as u8;
+        v /= 10;
+    }
+    out[16] = b'\n';
+}
+
+/// Numbered lines through the transmitq, one 4 KiB buffer at a time, each
+/// waited for without a time limit (the test's own timeout bounds it).
+fn console_flood(cmdline: &Cmdline) -> ! {
+    let lines = cmdline.get_u64("lines").unwrap_or(30_000) as usize;
+    let mut c = Console::start(false);
+    let addr = DATA.addr();
+    let mut line = [0u8; FLOOD_LINE];
+    let mut n = 0;
+    while n < lines {
+        let k = (lines - n).min(FLOOD_LINES_PER_BUFFER);
+        for i in 0..k {
+            flood_line(&mut line, b"HVC-FLOOD ", n + i);
+            for (j, &b) in line.iter().enumerate() {
+                virtio::write8(addr + (i * FLOOD_LINE + j) as u64, b);
+            }
+        }
+        let head = c.tx.avail_idx % c.tx.size;
+        c.tx.set_desc(head, addr, (k * FLOOD_LINE) as u32, 0, 0);
+        c.tx.offer(head);
+        c.dev.notify(&c.tx);
+        let (id, _) = loop {
+            if let Some(e) = c.tx.poll_used() {
+                break e;
+            }
+            core::hint::spin_loop();
+        };
+        if id != u32::from(head) {
+            println!("GUEST-FAIL transmitq used id={id}, wanted {head}");
+            crate::power::poweroff()
+        }
+        n += k;
+    }
+    println!("GUEST-FLOOD-SENT lines={lines}");
+    finish()
+}
+
+/// Numbered lines on COM1, 4 KiB per `rep outsb`: far more than a pipe
+/// holds, as fast as the launcher takes port writes.
+fn serial_flood(cmdline: &Cmdline) -> ! {
+    println!("GUEST-TEST-START");
+    let bytes = cmdline.get_u64("bytes").unwrap_or(1 << 20) as usize;
+    let mut buf = [0u8; FLOOD_LINE * FLOOD_LINES_PER_BUFFER];
+    let mut line = 0;
+    let mut sent = 0;
+    while sent < bytes {
+        for i in 0..FLOOD_LINES_PER_BUFFER {
+            flood_line(&mut buf[i * FLOOD_LINE..], b"SER-FLOOD ", line + i);
+        }
+        line += FLOOD_LINES_PER_BUFFER;
+        let n = buf.len().min(bytes - sent);
+        // SAFETY: reads `n` bytes of a live buffer; DF is clear.
+        unsafe {
+            core::arch::asm!(
+                "rep outsb",
+                in("dx") COM1,
+                inout("rsi") buf.as_ptr() => _,
+                inout("rcx") n => _,
+                options(nostack, readonly)
+            );
+        }
+        sent += n;
+    }
+    println!("GUEST-FLOOD-SENT bytes={bytes}");
+    finish()
 }

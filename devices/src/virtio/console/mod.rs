@@ -1,7 +1,8 @@
 //! virtio-console (device type 3, virtio 1.0 §5.3), one port, no
 //! multiport: queue 0 (receiveq) carries what the user types to the guest,
 //! queue 1 (transmitq) carries the guest's output to the launcher's
-//! stdout. It is always present, as in lguest, so `console=hvc0` works.
+//! stdout, through `crate::output`'s writer thread, holding the guest's
+//! buffers until their bytes are written (backpressure). It is always present, as in lguest, so `console=hvc0` works.
 //!
 //! Input arrives from the launcher's event loop (the terminal's stdin
 //! subscriber) through [`InputQueue`]: bytes wait in a bounded shared
@@ -12,7 +13,6 @@
 //! [`InputQueue::room`], so the event loop knows more input fits.
 
 use std::collections::VecDeque;
-use std::io::Write;
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -21,8 +21,9 @@ use vm_memory::{Address, Bytes, GuestMemoryMmap};
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::bus::lock;
+use crate::output::Output;
 use crate::virtio::device::{QueueHandler, VirtioDevice};
-use crate::virtio::queue::CheckedQueue;
+use crate::virtio::queue::{Chain, CheckedQueue};
 use crate::virtio::rules::{Rule, Violation};
 
 const QUEUE_SIZE: u16 = 128;
@@ -82,15 +83,12 @@ impl InputQueue {
 
 pub struct Console {
     input: Arc<InputQueue>,
-    output: Arc<Mutex<Box<dyn Write + Send>>>,
+    output: Output,
 }
 
 impl Console {
-    pub fn new(input: Arc<InputQueue>, output: Box<dyn Write + Send>) -> Self {
-        Self {
-            input,
-            output: Arc::new(Mutex::new(output)),
-        }
+    pub fn new(input: Arc<InputQueue>, output: Output) -> Self {
+        Self { input, output }
     }
 }
 
@@ -139,6 +137,8 @@ impl VirtioDevice for Console {
             Box::new(Transmit {
                 output: self.output.clone(),
                 input: self.input.clone(),
+                copying: None,
+                waiting: VecDeque::new(),
             }),
         ]
     }
@@ -190,10 +190,75 @@ impl QueueHandler for Receive {
     }
 }
 
-/// transmitq: the guest's output to stdout.
+/// transmitq: the guest's output to stdout, with backpressure. A chain is
+/// copied into [`Output`]'s bounded buffer as room allows and goes back to
+/// the guest only once the writer thread has written its last byte: a
+/// driver that waits for its buffers (Linux's hvc does) waits for the
+/// reader, and a chain that does not fit waits in the available ring.
 struct Transmit {
-    output: Arc<Mutex<Box<dyn Write + Send>>>,
+    output: Output,
     input: Arc<InputQueue>,
+    /// The chain being copied into the output buffer, if it did not fit.
+    copying: Option<Copying>,
+    /// Chains wholly copied, with the output position of their last byte,
+    /// oldest first: used once [`Output::written`] gets there.
+    waiting: VecDeque<(u16, u64)>,
+}
+
+/// Where the copy of a chain's readable bytes stands.
+struct Copying {
+    chain: Chain,
+    /// Readable buffer being copied, and bytes of it done.
+    buffer: usize,
+    done: u64,
+    /// Output position after the chain's bytes taken so far.
+    end: u64,
+}
+
+impl Transmit {
+    /// Copies as much of `c` as the output takes; true once all of it went.
+    fn copy(&self, c: &mut Copying, mem: &GuestMemoryMmap) -> bool {
+        let mut chunk = Vec::new();
+        loop {
+            let Some(b) = c.chain.readable().nth(c.buffer).copied() else {
+                return true;
+            };
+            if c.done >= u64::from(b.len) {
+                c.buffer += 1;
+                c.done = 0;
+                continue;
+            }
+            // Bounded pieces: a chain may describe gigabytes (descriptors
+            // can alias), which must not become one host allocation.
+            let n = (u64::from(b.len) - c.done)
+                .min(TX_CHUNK as u64)
+                .min(self.output.room() as u64) as usize;
+            if n == 0 {
+                return false;
+            }
+            chunk.resize(n, 0);
+            let read = b
+                .addr
+                .checked_add(c.done)
+                .map(|a| mem.read_slice(&mut chunk, a));
+            if !matches!(read, Some(Ok(()))) {
+                // Validated buffers lie in RAM; should it fail anyway, the
+                // rest of this buffer is skipped, not retried forever.
+                log::debug!("virtio-console: unreadable transmit buffer skipped");
+                c.buffer += 1;
+                c.done = 0;
+                continue;
+            }
+            let (took, end) = self.output.push(&chunk);
+            if took > 0 {
+                c.done += took as u64;
+                c.end = end;
+            }
+            if took < n {
+                return false;
+            }
+        }
+    }
 }
 
 impl QueueHandler for Transmit {
@@ -202,53 +267,64 @@ impl QueueHandler for Transmit {
         queue: &mut CheckedQueue,
         mem: &GuestMemoryMmap,
     ) -> Result<bool, Violation> {
+        let _ = self.output.progress().read();
         let mut used = false;
-        while let Some(chain) = queue.pop(mem)? {
-            if chain.writable().next().is_some() {
-                return Err(Violation::new(
-                    Rule::ConsoleBufferDirection,
-                    format!("transmit buffer {} is device-writable", chain.head),
-                ));
-            }
-            // Claim the terminal's input before the output is visible: a
-            // user (or script) answering the guest's first line must reach
-            // this console, not the UART.
-            if !self.input.in_use.swap(true, Ordering::AcqRel) {
-                // Input held back for the 8250 may go here now.
-                let _ = self.input.room.write(1);
-            }
-            let mut out = lock(&self.output);
-            // Stream each buffer in bounded pieces: a chain may describe
-            // gigabytes (descriptors can alias), which must not become one
-            // host allocation.
-            let mut chunk = vec![0u8; TX_CHUNK];
-            'chain: for b in chain.readable() {
-                let mut done = 0u64;
-                while done < u64::from(b.len) {
-                    let n = (u64::from(b.len) - done).min(TX_CHUNK as u64) as usize;
-                    let Some(addr) = b.addr.checked_add(done) else {
-                        break 'chain;
-                    };
-                    if mem.read_slice(&mut chunk[..n], addr).is_err()
-                        || out.write_all(&chunk[..n]).is_err()
-                    {
-                        log::debug!("virtio-console: output dropped");
-                        break 'chain;
-                    }
-                    done += n as u64;
+        loop {
+            let written = self.output.written();
+            while let Some(&(head, end)) = self.waiting.front() {
+                if end > written {
+                    break;
                 }
+                self.waiting.pop_front();
+                queue.add_used(mem, head, 0)?;
+                used = true;
             }
-            let _ = out.flush();
-            drop(out);
-            queue.add_used(mem, chain.head, 0)?;
-            used = true;
+            if self.copying.is_none() {
+                let Some(chain) = queue.pop(mem)? else {
+                    break;
+                };
+                if chain.writable().next().is_some() {
+                    return Err(Violation::new(
+                        Rule::ConsoleBufferDirection,
+                        format!("transmit buffer {} is device-writable", chain.head),
+                    ));
+                }
+                // Claim the terminal's input before the output is visible:
+                // a user (or script) answering the guest's first line must
+                // reach this console, not the UART.
+                if !self.input.in_use.swap(true, Ordering::AcqRel) {
+                    // Input held back for the 8250 may go here now.
+                    let _ = self.input.room.write(1);
+                }
+                let end = self.output.push(&[]).1;
+                self.copying = Some(Copying {
+                    chain,
+                    buffer: 0,
+                    done: 0,
+                    end,
+                });
+            }
+            let Some(mut c) = self.copying.take() else {
+                break;
+            };
+            if !self.copy(&mut c, mem) {
+                // Full: the writer's progress eventfd brings us back.
+                self.copying = Some(c);
+                break;
+            }
+            self.waiting.push_back((c.chain.head, c.end));
         }
         Ok(used)
+    }
+
+    fn backend_fd(&self) -> Option<RawFd> {
+        Some(self.output.progress().as_raw_fd())
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use crate::output::testing::{gated, wait_written};
     use crate::virtio::queue::testing::{mock_queue, mock_queue_at};
     use virtio_bindings::bindings::virtio_ring::VRING_DESC_F_WRITE;
     use virtio_queue::desc::split::Descriptor;
@@ -276,7 +352,8 @@ mod tests {
         let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x10000)]).unwrap();
         let (vq, mut rxq) = mock_queue(&mem, 0, QSIZE, 0);
         let input = InputQueue::new().unwrap();
-        let mut console = Console::new(input.clone(), Box::new(std::io::sink()));
+        let output = Output::spawn(Box::new(std::io::sink()), crate::output::CAPACITY).unwrap();
+        let mut console = Console::new(input.clone(), output.clone());
         let mut handlers = console.activate(0).into_iter();
         let mut receive = handlers.next().unwrap();
 
@@ -306,8 +383,97 @@ mod tests {
             .unwrap();
         txq_vq.avail().ring().ref_at(0).unwrap().store(0);
         txq_vq.avail().idx().store(1);
-        assert!(transmit.process(&mut txq, &mem).unwrap());
-        assert!(input.in_use());
+        assert!(
+            !transmit.process(&mut txq, &mem).unwrap(),
+            "not written yet"
+        );
+        assert!(input.in_use(), "claimed when taken, before it is written");
         assert!(readable(input.room()));
+        wait_written(&output, 4);
+        assert!(transmit.process(&mut txq, &mem).unwrap());
+    }
+
+    /// A transmitq with `chains` one-buffer chains of `len` bytes each at
+    /// BUF + i * len, made available.
+    fn transmit_chains(
+        mem: &GuestMemoryMmap,
+        chains: u16,
+        len: u32,
+    ) -> (
+        virtio_queue::mock::MockSplitQueue<'_, GuestMemoryMmap>,
+        CheckedQueue,
+    ) {
+        let (vq, q) = mock_queue_at(mem, GuestAddress(0x4000), 1, QSIZE, TX_USED, 0);
+        for i in 0..chains {
+            let addr = BUF + u64::from(i) * u64::from(len);
+            let bytes: Vec<u8> = (0..len)
+                .map(|j| b'a' + ((i as u32 + j) % 26) as u8)
+                .collect();
+            mem.write_slice(&bytes, GuestAddress(addr)).unwrap();
+            let d = Descriptor::new(addr, len, 0, 0);
+            vq.desc_table().store(i, RawDescriptor::from(d)).unwrap();
+            vq.avail().ring().ref_at(i.into()).unwrap().store(i);
+        }
+        vq.avail().idx().store(chains);
+        (vq, q)
+    }
+
+    /// Where [`transmit_chains`] puts the used ring.
+    const TX_USED: u64 = 0x8000;
+
+    fn used_idx(mem: &GuestMemoryMmap) -> u16 {
+        mem.read_obj(GuestAddress(TX_USED + 2)).unwrap()
+    }
+
+    #[test]
+    fn transmit_buffers_are_held_until_their_bytes_are_written() {
+        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x10000)]).unwrap();
+        // Room for 100 bytes: three chains of 60 do not fit at once.
+        let (output, go, out) = gated(100);
+        let mut console = Console::new(InputQueue::new().unwrap(), output.clone());
+        let mut transmit = console.activate(0).into_iter().nth(1).unwrap();
+        let (_vq, mut txq) = transmit_chains(&mem, 3, 60);
+
+        assert!(!transmit.process(&mut txq, &mem).unwrap());
+        assert_eq!(used_idx(&mem), 0, "nothing written, nothing given back");
+
+        // Each write lets one chunk (everything buffered) through.
+        let mut expected = Vec::new();
+        for i in 0..3u32 {
+            expected.extend((0..60).map(|j| b'a' + ((i + j) % 26) as u8));
+        }
+        let mut rounds = 0;
+        while used_idx(&mem) < 3 {
+            rounds += 1;
+            assert!(rounds < 100, "transmit stalled");
+            let before = out.lock().unwrap().len() as u64;
+            go.send(()).unwrap();
+            wait_written(&output, before + 1);
+            transmit.process(&mut txq, &mem).unwrap();
+        }
+        assert_eq!(*out.lock().unwrap(), expected, "every byte, in order");
+    }
+
+    #[test]
+    fn a_chain_larger_than_the_buffer_goes_out_in_pieces() {
+        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x10000)]).unwrap();
+        let (output, go, out) = gated(16);
+        let mut console = Console::new(InputQueue::new().unwrap(), output.clone());
+        let mut transmit = console.activate(0).into_iter().nth(1).unwrap();
+        let (_vq, mut txq) = transmit_chains(&mem, 1, 100);
+        let mut rounds = 0;
+        while used_idx(&mem) < 1 {
+            rounds += 1;
+            assert!(rounds < 100, "transmit stalled");
+            transmit.process(&mut txq, &mem).unwrap();
+            if used_idx(&mem) == 0 {
+                let before = out.lock().unwrap().len() as u64;
+                go.send(()).unwrap();
+                wait_written(&output, before + 1);
+            }
+        }
+        assert_eq!(out.lock().unwrap().len(), 100);
+        let len: u32 = mem.read_obj(GuestAddress(TX_USED + 8)).unwrap();
+        assert_eq!(len, 0, "the device wrote nothing into it");
     }
 }
