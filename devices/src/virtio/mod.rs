@@ -4,6 +4,7 @@
 pub mod block;
 pub mod console;
 pub mod device;
+pub mod gate;
 pub mod interrupt;
 pub mod net;
 pub mod queue;

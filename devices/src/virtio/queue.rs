@@ -15,6 +15,10 @@
 //! the queue, and the exact values, and goes back up through the handler to
 //! the worker and the transport. A queue that reported a violation keeps
 //! reporting it: the driver must reset the device before it is used again.
+//!
+//! Each queue carries its worker's [`Gate`] into the device's current
+//! activation: handlers step out of it for blocking host I/O, and after a
+//! reset the queue writes nothing more to the used ring.
 
 use std::num::Wrapping;
 use std::sync::atomic::{fence, Ordering};
@@ -26,6 +30,7 @@ use virtio_queue::desc::split::Descriptor;
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{Bytes, GuestAddress, GuestMemory, GuestMemoryError, GuestMemoryMmap, Permissions};
 
+use super::gate::Gate;
 use super::rules::{Rule, Violation};
 
 /// Size of one `struct virtq_desc`.
@@ -164,6 +169,9 @@ pub struct CheckedQueue {
     exposed: Vec<u16>,
     /// Findings the device got past, for the worker to report.
     warnings: Vec<Violation>,
+    /// The worker's way into the device's current activation: the used
+    /// ring is written only from inside it (see [`super::gate`]).
+    gate: Gate,
 }
 
 impl CheckedQueue {
@@ -242,7 +250,20 @@ impl CheckedQueue {
             ahead: std::collections::VecDeque::new(),
             exposed: vec![0; usize::from(size)],
             warnings: Vec::new(),
+            gate: Gate::always_open(),
         })
+    }
+
+    /// Ties the queue to the device activation `gate` belongs to; until
+    /// then (handlers tested without a transport) its gate never closes.
+    pub fn set_gate(&mut self, gate: Gate) {
+        self.gate = gate;
+    }
+
+    /// The gate a handler steps out of for blocking host I/O
+    /// ([`Gate::outside`]).
+    pub fn gate(&self) -> &Gate {
+        &self.gate
     }
 
     /// Checks what the driver must have set up before the device first
@@ -577,12 +598,21 @@ impl CheckedQueue {
     /// Returns chain `head` to the driver, `len` bytes written into it.
     /// Fails only if the device names a head outside the table (a device
     /// bug, reported loudly all the same) or the used ring cannot be written.
+    /// After a reset (the worker is not inside its gate) nothing is
+    /// written: the ring belongs to the driver again.
     pub fn add_used(
         &mut self,
         mem: &GuestMemoryMmap,
         head: u16,
         len: u32,
     ) -> Result<(), Violation> {
+        if !self.gate.is_inside() {
+            log::debug!(
+                "queue {}: head {head} used after a reset; dropped",
+                self.index
+            );
+            return Ok(());
+        }
         let size = self.queue.size();
         if head >= size {
             return Err(self.violation(
@@ -604,6 +634,9 @@ impl CheckedQueue {
     /// call: `used_event` decides with VIRTIO_F_EVENT_IDX, otherwise
     /// VIRTQ_AVAIL_F_NO_INTERRUPT (§2.4.7.2). Errs towards interrupting.
     pub fn needs_interrupt(&mut self, mem: &GuestMemoryMmap) -> bool {
+        if !self.gate.is_inside() {
+            return false;
+        }
         if self.event_idx {
             return self.queue.needs_notification(mem).unwrap_or(true);
         }

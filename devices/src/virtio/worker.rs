@@ -14,10 +14,21 @@
 //! ```text
 //! guest writes notify ─► KVM ioeventfd ─► worker: handler.process(queue) ─► irqfd ─► guest
 //! ```
+//!
+//! A worker touches guest memory only from inside its queue's
+//! [`Gate`](super::gate::Gate): it enters before calling the handler and
+//! leaves after the interrupt; the handler steps out for host I/O that may
+//! block. [`Worker::stop`] therefore never waits for ever: the transport
+//! closes the activation's gates first, then gives the thread until a
+//! deadline to end, and a thread still stuck in host I/O by then is left
+//! behind. When its I/O returns it finds the gate closed and ends without
+//! a word to the guest.
 
 use std::os::fd::AsRawFd;
+use std::sync::mpsc;
 use std::sync::Arc;
 use std::thread::JoinHandle;
+use std::time::Instant;
 
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
@@ -46,10 +57,12 @@ const KICK: u64 = 0;
 const STOP: u64 = 1;
 const BACKEND: u64 = 2;
 
-/// A running worker; [`Worker::stop`] ends and joins it.
+/// A running worker; [`Worker::stop`] ends it.
 pub struct Worker {
     stop: EventFd,
     thread: Option<JoinHandle<()>>,
+    /// Disconnected once the thread has ended (its sender is dropped last).
+    ended: mpsc::Receiver<()>,
 }
 
 /// What one worker needs.
@@ -78,28 +91,55 @@ impl Worker {
         }
         let stop = EventFd::new(libc::EFD_NONBLOCK)?;
         let stop_rx = stop.try_clone()?;
+        let (ended_tx, ended) = mpsc::channel::<()>();
         let thread = std::thread::Builder::new()
             .name(setup.name.clone())
-            .spawn(move || run(setup, stop_rx))?;
+            .spawn(move || {
+                run(setup, stop_rx);
+                drop(ended_tx);
+            })?;
         Ok(Worker {
             stop,
             thread: Some(thread),
+            ended,
         })
     }
 
-    /// Stops the thread and waits for it, so the device can be reset.
-    pub fn stop(mut self) {
+    /// Tells the thread to stop and waits for it until `deadline`. `Err`
+    /// gives the worker back if its thread is still busy then (stuck in
+    /// host I/O, whose gate the caller has closed): the caller may keep it
+    /// to see it end later, or drop it to leave the thread to itself.
+    pub fn stop(mut self, deadline: Instant) -> Result<(), Worker> {
         let _ = self.stop.write(1);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
+        let wait = deadline.saturating_duration_since(Instant::now());
+        match self.ended.recv_timeout(wait) {
+            Err(mpsc::RecvTimeoutError::Timeout) => Err(self),
+            Ok(()) | Err(mpsc::RecvTimeoutError::Disconnected) => {
+                if let Some(t) = self.thread.take() {
+                    let _ = t.join();
+                }
+                Ok(())
+            }
         }
+    }
+
+    /// Whether the thread has ended (a worker [`Worker::stop`] gave back).
+    pub fn has_ended(&self) -> bool {
+        matches!(self.ended.try_recv(), Err(mpsc::TryRecvError::Disconnected))
     }
 }
 
 fn run(mut s: WorkerSetup, stop: EventFd) {
+    // A host failure is reported only while the activation lasts: after a
+    // reset it would mark the next one as needing a reset.
+    let fail = |s: &WorkerSetup, what: String| {
+        if s.queue.gate().enter() {
+            (s.failed)(what);
+        }
+    };
     let epoll = match Epoll::new() {
         Ok(e) => e,
-        Err(e) => return (s.failed)(format!("queue worker {}: no epoll: {e}", s.name)),
+        Err(e) => return fail(&s, format!("queue worker {}: no epoll: {e}", s.name)),
     };
     let mut fds = vec![(KICK, s.kick.as_raw_fd()), (STOP, stop.as_raw_fd())];
     if let Some(fd) = s.handler.backend_fd() {
@@ -111,10 +151,8 @@ fn run(mut s: WorkerSetup, stop: EventFd) {
             fd,
             EpollEvent::new(EventSet::IN, token),
         ) {
-            return (s.failed)(format!(
-                "queue worker {}: cannot wait on fd {fd}: {e}",
-                s.name
-            ));
+            let what = format!("queue worker {}: cannot wait on fd {fd}: {e}", s.name);
+            return fail(&s, what);
         }
     }
     let mut events = vec![EpollEvent::default(); 4];
@@ -122,7 +160,7 @@ fn run(mut s: WorkerSetup, stop: EventFd) {
         let n = match epoll.wait(-1, &mut events) {
             Ok(n) => n,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(e) => return (s.failed)(format!("queue worker {}: epoll: {e}", s.name)),
+            Err(e) => return fail(&s, format!("queue worker {}: epoll: {e}", s.name)),
         };
         for ev in &events[..n] {
             match ev.data() {
@@ -133,7 +171,16 @@ fn run(mut s: WorkerSetup, stop: EventFd) {
                 _ => {}
             }
         }
+        // Closed: the device was reset and the stop is on its way.
+        if !s.queue.gate().enter() {
+            return;
+        }
         let result = s.handler.process(&mut s.queue, &s.mem);
+        // The handler stepped out for host I/O and the device was reset
+        // meanwhile: nothing it found or finished concerns the guest now.
+        if !s.queue.gate().is_inside() {
+            return;
+        }
         for warning in s.queue.take_findings() {
             (s.violations)(warning);
         }
@@ -149,5 +196,6 @@ fn run(mut s: WorkerSetup, stop: EventFd) {
                 return;
             }
         }
+        s.queue.gate().leave();
     }
 }

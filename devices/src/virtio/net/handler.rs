@@ -1502,7 +1502,7 @@ mod tests {
         std::thread::sleep(Duration::from_millis(100));
         let after = calls.load(Ordering::SeqCst) - stalled;
         assert!(after <= 3, "{after} calls after one kick");
-        worker.stop();
+        assert!(worker.stop(Instant::now() + Duration::from_secs(5)).is_ok());
         assert!(violations.lock().unwrap().is_empty());
     }
 }

@@ -8,7 +8,8 @@
 //! device's state machine (§2.1, §3.1), feature negotiation (§2.2), the
 //! queues the driver programmed (§2.4, §4.1.4.3), checks every operation
 //! against the [`Rule`]s, starts one [`Worker`] per queue at DRIVER_OK and
-//! stops them on reset. Where the two interfaces' rules differ (a legacy
+//! stops them on reset, without waiting for ever on one stuck in host I/O
+//! (see [`Core::stop_workers`] and [`crate::virtio::gate`]). Where the two interfaces' rules differ (a legacy
 //! driver has no FEATURES_OK step and cannot size its queues), [`Version`]
 //! says which applies, here and nowhere else.
 //!
@@ -26,11 +27,13 @@
 
 use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU8, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use vmm_sys_util::eventfd::EventFd;
 
 use super::VmHooks;
 use crate::virtio::device::{feature, status, ConfigSignal, QueueHandler, VirtioDevice};
+use crate::virtio::gate::{Gate, Generation};
 use crate::virtio::interrupt::{Interrupt, ISR_CONFIG, NO_VECTOR};
 use crate::virtio::queue::CheckedQueue;
 use crate::virtio::rules::{Rule, Violation};
@@ -176,6 +179,22 @@ pub enum QueueField {
 /// The ring names of [`QueueField::Address`], for reports.
 const RINGS: [&str; 3] = ["descriptor table", "driver area", "device area"];
 
+/// How long a reset waits for the workers inside guest memory to leave
+/// it. Work inside is memory copies and ring updates, never blocking host
+/// I/O, so this is only reached by a handler that breaks that rule.
+const GATE_WAIT: Duration = Duration::from_secs(1);
+
+/// How long a reset (or a stop) gives the workers to end before going on
+/// without those still busy in host I/O. The vCPU that resets waits this
+/// long at most; a worker left behind can no longer touch guest memory,
+/// so waiting longer would buy nothing but the thread back sooner.
+const STOP_WAIT: Duration = Duration::from_millis(100);
+
+/// Workers left behind by resets (still stuck in host I/O) a device may
+/// have before it refuses to start more: a guest that resets a device on
+/// a hung disk again and again must not pile up threads without bound.
+const MAX_STUCK: usize = 8;
+
 /// A running queue.
 struct Running {
     index: u16,
@@ -226,6 +245,12 @@ pub struct Core {
     /// it gave for queues that are not running yet.
     activated: bool,
     idle: Vec<Option<Box<dyn QueueHandler>>>,
+    /// This activation, which its workers' gates lead into; a reset closes
+    /// it before stopping them.
+    generation: Option<Arc<Generation>>,
+    /// Workers that earlier resets went on without, still stuck in host
+    /// I/O; kept to count them ([`MAX_STUCK`]) and dropped once they end.
+    stuck: Vec<Worker>,
 }
 
 impl Core {
@@ -283,6 +308,8 @@ impl Core {
             running: Vec::new(),
             activated: false,
             idle: Vec::new(),
+            generation: None,
+            stuck: Vec::new(),
         }
     }
 
@@ -983,7 +1010,11 @@ impl Core {
             return;
         };
         if !self.activated {
+            if !self.room_for_workers() {
+                return;
+            }
             self.activated = true;
+            self.generation = Some(Generation::new(self.label.clone()));
             self.idle = self
                 .device
                 .activate(self.driver_features)
@@ -1034,13 +1065,31 @@ impl Core {
             .connect(self.hooks.as_ref(), names, notify_base, &kicks);
     }
 
+    /// Whether the workers earlier resets left behind (stuck in host I/O)
+    /// leave room for a new activation's; if not, the device fails.
+    fn room_for_workers(&mut self) -> bool {
+        self.stuck.retain(|w| !w.has_ended());
+        if self.stuck.len() < MAX_STUCK {
+            return true;
+        }
+        let what = format!(
+            "{} queue workers are still stuck in host I/O from earlier resets; no new ones start until they finish",
+            self.stuck.len()
+        );
+        self.reporter.device_failed(&what);
+        false
+    }
+
     fn start_worker(
         &self,
-        queue: CheckedQueue,
+        mut queue: CheckedQueue,
         handler: Box<dyn QueueHandler>,
         interrupt: &Arc<Interrupt>,
     ) -> std::io::Result<Running> {
         let index = queue.index();
+        if let Some(g) = &self.generation {
+            queue.set_gate(Gate::new(g.clone(), index));
+        }
         let kick = EventFd::new(libc::EFD_NONBLOCK)?;
         let reporter = self.reporter.clone();
         let violations: ViolationSink = Arc::new(move |v: Violation| reporter.raise(v));
@@ -1064,13 +1113,37 @@ impl Core {
         })
     }
 
-    /// Stops the workers (their notifications first) and joins them.
+    /// Stops the workers, their notifications first, within a bounded
+    /// time: the activation's gates close (waiting, up to [`GATE_WAIT`],
+    /// for workers inside guest memory to leave it), then each worker gets
+    /// until [`STOP_WAIT`] to end. One still busy in host I/O then is left
+    /// behind in `stuck`: whatever it completes is discarded, and
+    /// it never writes guest memory, the used ring or an interrupt again.
     fn stop_workers(&mut self) {
         if !self.running.is_empty() {
             self.doorbell.disconnect(self.hooks.as_ref(), &self.label);
         }
+        if let Some(g) = self.generation.take() {
+            if !g.close(GATE_WAIT) {
+                log::error!(
+                    "{}: a queue worker is still at work in guest memory {GATE_WAIT:?} into the reset (a handler blocked without leaving its gate); going on without it",
+                    self.label
+                );
+            }
+        }
+        let deadline = Instant::now() + STOP_WAIT;
         for r in self.running.drain(..) {
-            r.worker.stop();
+            if let Err(worker) = r.worker.stop(deadline) {
+                let label = &self.label;
+                crate::guestlog::warn(
+                    &format!("{label} stuck worker"),
+                    format_args!(
+                        "{label}: queue {}'s worker is still busy in host I/O {STOP_WAIT:?} after being told to stop; going on without it (what it completes is discarded)",
+                        r.index
+                    ),
+                );
+                self.stuck.push(worker);
+            }
         }
     }
 

@@ -4,7 +4,7 @@
 //! and vmmci's.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use vm_memory::{GuestAddress, GuestMemoryMmap};
@@ -175,14 +175,72 @@ pub struct Fake {
     pub config: Vec<u8>,
     pub log: Arc<Mutex<Log>>,
     pub counts: Arc<Vec<AtomicUsize>>,
+    /// Makes the handlers block as in stuck host I/O.
+    pub stall: Option<Arc<Stall>>,
 }
 
-struct Counting(Arc<Vec<AtomicUsize>>, usize);
+/// Host I/O that hangs until released, for a [`Fake`]'s handlers: the
+/// first `calls` calls of `process` block outside the queue's gate.
+pub struct Stall {
+    calls: AtomicUsize,
+    released: Mutex<bool>,
+    cv: Condvar,
+    /// Calls that blocked, and those that found the device reset when the
+    /// block ended (they then record a finding and claim a used buffer,
+    /// which the worker must drop).
+    pub stuck: AtomicUsize,
+    pub revoked: AtomicUsize,
+}
+
+impl Stall {
+    pub fn new(calls: usize) -> Arc<Stall> {
+        Arc::new(Stall {
+            calls: AtomicUsize::new(calls),
+            released: Mutex::new(false),
+            cv: Condvar::new(),
+            stuck: AtomicUsize::new(0),
+            revoked: AtomicUsize::new(0),
+        })
+    }
+
+    /// Ends every block, now and later.
+    pub fn release(&self) {
+        *self.released.lock().unwrap() = true;
+        self.cv.notify_all();
+    }
+
+    fn block(&self) {
+        let mut released = self.released.lock().unwrap();
+        while !*released {
+            released = self.cv.wait(released).unwrap();
+        }
+    }
+
+    fn process(&self, queue: &mut CheckedQueue) -> bool {
+        let take = |n: usize| n.checked_sub(1);
+        if self
+            .calls
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, take)
+            .is_err()
+        {
+            return false;
+        }
+        self.stuck.fetch_add(1, Ordering::SeqCst);
+        if queue.gate().outside(|| self.block()).is_ok() {
+            return false;
+        }
+        self.revoked.fetch_add(1, Ordering::SeqCst);
+        queue.record(Rule::NotifyBadQueue, "a stale worker's finding".into());
+        true
+    }
+}
+
+struct Counting(Arc<Vec<AtomicUsize>>, usize, Option<Arc<Stall>>);
 
 impl QueueHandler for Counting {
-    fn process(&mut self, _: &mut CheckedQueue, _: &GuestMemoryMmap) -> Result<bool, Violation> {
+    fn process(&mut self, q: &mut CheckedQueue, _: &GuestMemoryMmap) -> Result<bool, Violation> {
         self.0[self.1].fetch_add(1, Ordering::SeqCst);
-        Ok(false)
+        Ok(self.2.as_ref().is_some_and(|s| s.process(q)))
     }
 }
 
@@ -207,7 +265,10 @@ impl VirtioDevice for Fake {
     fn activate(&mut self, features: u64) -> Vec<Box<dyn QueueHandler>> {
         self.log.lock().unwrap().activated = Some(features);
         (0..self.sizes.len())
-            .map(|q| Box::new(Counting(self.counts.clone(), q)) as Box<dyn QueueHandler>)
+            .map(|q| {
+                let h = Counting(self.counts.clone(), q, self.stall.clone());
+                Box::new(h) as Box<dyn QueueHandler>
+            })
             .collect()
     }
     fn reset(&mut self) {
@@ -226,6 +287,7 @@ pub fn fake(queues: usize) -> (Fake, Arc<Mutex<Log>>, Arc<Vec<AtomicUsize>>) {
         config: (0..40).map(|i| 0xa0 + i as u8).collect(),
         log: log.clone(),
         counts: counts.clone(),
+        stall: None,
     };
     (dev, log, counts)
 }

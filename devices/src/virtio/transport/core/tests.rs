@@ -10,7 +10,7 @@ use vmm_sys_util::eventfd::EventFd;
 
 use super::*;
 use crate::pci::msix::Msix;
-use crate::virtio::transport::testing::{fake, wait_for, FakeHooks, Log, RAM};
+use crate::virtio::transport::testing::{fake, wait_for, FakeHooks, Log, Stall, RAM};
 
 const S: u8 = status::ACKNOWLEDGE;
 const SD: u8 = S | status::DRIVER;
@@ -65,8 +65,20 @@ fn rig(version: Version, queues: usize, lenient: bool) -> Rig {
 /// [`rig`] in a slot of its own, for tests that look at thread names
 /// while other tests run.
 fn rig_in_slot(version: Version, queues: usize, lenient: bool, slot: u8) -> Rig {
+    rig_stalling(version, queues, lenient, slot, None)
+}
+
+/// [`rig_in_slot`] whose handlers block on `stall`.
+fn rig_stalling(
+    version: Version,
+    queues: usize,
+    lenient: bool,
+    slot: u8,
+    stall: Option<Arc<Stall>>,
+) -> Rig {
     let hooks = Arc::new(FakeHooks::new(lenient));
-    let (dev, log, counts) = fake(queues);
+    let (mut dev, log, counts) = fake(queues);
+    dev.stall = stall;
     let bells = Arc::new(Mutex::new(Bells::default()));
     let vectors = match version {
         Version::Modern => queues as u16 + 1,
@@ -608,4 +620,94 @@ fn a_worker_that_cannot_start_tells_the_driver() {
     assert_eq!(r.hooks.pulses(), 1, "configuration interrupt");
     r.status(0);
     assert_eq!(r.core.status(), 0, "a reset clears it");
+}
+
+impl Rig {
+    /// Negotiates VERSION_1, places queue 0, DRIVER_OK, and kicks it.
+    fn start_and_kick(&mut self) {
+        if self.core.version == Version::Modern {
+            self.core.read_status();
+        }
+        self.negotiate(feature::VERSION_1);
+        self.place(0);
+        self.driver_ok();
+        let bells = self.bells.lock().unwrap();
+        bells.kicks[0].write(1).unwrap();
+    }
+}
+
+/// A worker stuck in host I/O holds up neither the reset nor the next
+/// activation, and what it does when the I/O returns reaches nobody: no
+/// interrupt, no report.
+#[test]
+fn a_reset_goes_on_without_a_worker_stuck_in_host_io() {
+    for v in BOTH {
+        let stall = Stall::new(1);
+        let slot = if v == Version::Modern { 0x1e } else { 0x1f };
+        let mut r = rig_stalling(v, 1, false, slot, Some(stall.clone()));
+        r.start_and_kick();
+        wait_for("the worker blocks", || {
+            stall.stuck.load(Ordering::SeqCst) == 1
+        });
+        let t = std::time::Instant::now();
+        r.status(0);
+        let took = t.elapsed();
+        assert!(
+            took < STOP_WAIT + Duration::from_millis(500),
+            "{v:?}: the reset took {took:?}"
+        );
+        assert_eq!(r.core.stuck.len(), 1, "{v:?}");
+
+        // The next activation has a worker of its own.
+        r.start_and_kick();
+        wait_for("the new worker runs", || {
+            r.counts[0].load(Ordering::SeqCst) == 2
+        });
+        assert_eq!(r.running_queues(), [0]);
+
+        stall.release();
+        wait_for("the stuck call returns", || {
+            stall.revoked.load(Ordering::SeqCst) == 1
+        });
+        wait_for("the stuck worker ends", || {
+            r.core.stuck.iter().all(|w| w.has_ended())
+        });
+        assert!(r.take().is_empty(), "{v:?}: a stale worker reported");
+        assert_eq!(r.hooks.pulses(), 0, "{v:?}: a stale worker interrupted");
+        assert_eq!(r.core.read_isr(), 0, "{v:?}");
+        assert_eq!(r.core.status() & status::DEVICE_NEEDS_RESET, 0, "{v:?}");
+    }
+}
+
+/// A guest that resets a device on a hung disk again and again gets
+/// DEVICE_NEEDS_RESET, not a new thread each time, once [`MAX_STUCK`]
+/// workers are stuck; they are forgotten once their I/O returns.
+#[test]
+fn stuck_workers_are_bounded() {
+    let stall = Stall::new(usize::MAX);
+    let mut r = rig_stalling(Version::Modern, 1, false, 0x1c, Some(stall.clone()));
+    for n in 1..=MAX_STUCK {
+        r.start_and_kick();
+        wait_for("the worker blocks", || {
+            stall.stuck.load(Ordering::SeqCst) == n
+        });
+        r.status(0);
+        assert_eq!(r.core.stuck.len(), n);
+    }
+    r.core.read_status();
+    r.negotiate(feature::VERSION_1);
+    r.place(0);
+    r.driver_ok();
+    assert!(r.running_queues().is_empty(), "no worker beyond the bound");
+    assert_ne!(r.core.status() & status::DEVICE_NEEDS_RESET, 0);
+    assert!(r.take().is_empty(), "a host failure is no driver's fault");
+
+    stall.release();
+    wait_for("the stuck workers end", || {
+        r.core.stuck.iter().all(|w| w.has_ended())
+    });
+    r.status(0);
+    r.start_and_kick();
+    assert_eq!(r.running_queues(), [0]);
+    assert!(r.core.stuck.is_empty());
 }
