@@ -13,6 +13,7 @@ pub mod guestlog;
 pub mod legacy;
 pub mod output;
 pub mod pci;
+pub mod test_hooks;
 pub mod virtio;
 
 pub use bus::{Bus, BusDevice, BusError};

@@ -9,6 +9,11 @@
 //!
 //! Data moves between guest RAM and the backing file through a bounce
 //! buffer with positional I/O, so requests never share a file offset.
+//! Every host call that may block (`pread`, `pwrite`, `fdatasync`,
+//! `fallocate`) runs outside the queue's gate ([`Gate::outside`]): a reset
+//! never waits for it, and if the device was reset meanwhile the request
+//! is dropped there, before its data reaches guest memory or its status
+//! the used ring (a write may still land in the image, as on a real disk).
 //!
 //! What a driver can get wrong, and what follows:
 //!
@@ -46,6 +51,7 @@ use vmm_sys_util::fallocate::{fallocate, FallocateMode};
 
 use super::{ID_LEN, MAX_DISCARD_SECTORS, MAX_DISCARD_SEG, MAX_WRITE_ZEROES_SEG, SECTOR_SIZE};
 use crate::virtio::device::{feature, QueueHandler};
+use crate::virtio::gate::{Gate, Revoked};
 use crate::virtio::queue::{Buffer, Chain, CheckedQueue};
 use crate::virtio::rules::{Rule, Violation};
 
@@ -96,6 +102,8 @@ struct Outcome {
     status: u8,
     written: u64,
     broke: Option<Broken>,
+    /// The device was reset while the host I/O ran: no answer at all.
+    revoked: bool,
 }
 
 impl Outcome {
@@ -104,6 +112,14 @@ impl Outcome {
             status,
             written: 0,
             broke: None,
+            revoked: false,
+        }
+    }
+
+    fn revoked() -> Self {
+        Outcome {
+            revoked: true,
+            ..Outcome::status(S_IOERR)
         }
     }
 
@@ -245,8 +261,14 @@ impl BlockQueue {
     }
 
     /// Serves one chain: the used length (data written + status) and the
-    /// rule it broke, if any, that the device still answered.
-    fn request(&mut self, chain: &Chain, mem: &GuestMemoryMmap) -> Result<Answer, Violation> {
+    /// rule it broke, if any, that the device still answered; `None` if the
+    /// device was reset while its host I/O ran (nothing may be answered).
+    fn request(
+        &mut self,
+        chain: &Chain,
+        mem: &GuestMemoryMmap,
+        gate: &Gate,
+    ) -> Result<Option<Answer>, Violation> {
         let (readable, writable) = (chain.readable_len(), chain.writable_len());
         let head = chain.head;
         if readable == 0 {
@@ -311,17 +333,20 @@ impl BlockQueue {
         }
 
         let layout = self.legacy_layout(&req, chain);
-        let outcome = self.serve(&req, chain, mem)?;
+        let outcome = self.serve(&req, chain, mem, gate)?;
+        if outcome.revoked {
+            return Ok(None);
+        }
         // The status byte is the last byte of the last writable buffer.
         if let Some(last) = chain.writable().last() {
             let at = GuestAddress(last.addr.0 + u64::from(last.len) - 1);
             mem.write_obj(outcome.status, at)
                 .map_err(|e| memory_violation(head, e))?;
         }
-        Ok(Answer {
+        Ok(Some(Answer {
             len: u32::try_from(outcome.written + 1).unwrap_or(u32::MAX),
             broke: layout.or(outcome.broke),
-        })
+        }))
     }
 
     /// §5.2.6.4: on the legacy interface without VIRTIO_F_ANY_LAYOUT the
@@ -360,6 +385,7 @@ impl BlockQueue {
         req: &Request,
         chain: &Chain,
         mem: &GuestMemoryMmap,
+        gate: &Gate,
     ) -> Result<Outcome, Violation> {
         let needs = match req.kind {
             VIRTIO_BLK_T_IN | VIRTIO_BLK_T_OUT | VIRTIO_BLK_T_GET_ID => None,
@@ -379,10 +405,10 @@ impl BlockQueue {
             return Ok(Outcome::status(S_UNSUPP));
         }
         match req.kind {
-            VIRTIO_BLK_T_IN | VIRTIO_BLK_T_OUT => self.read_write(req, chain, mem),
-            VIRTIO_BLK_T_FLUSH => Ok(self.flush(req)),
+            VIRTIO_BLK_T_IN | VIRTIO_BLK_T_OUT => self.read_write(req, chain, mem, gate),
+            VIRTIO_BLK_T_FLUSH => Ok(self.flush(req, gate)),
             VIRTIO_BLK_T_GET_ID => self.get_id(req, chain, mem),
-            _ => self.discard_or_zero(req, chain, mem),
+            _ => self.discard_or_zero(req, chain, mem, gate),
         }
     }
 
@@ -398,10 +424,11 @@ impl BlockQueue {
 
     /// T_FLUSH: sector 0 and no data (§5.2.6.1); either way the cache is
     /// flushed, as a driver that asks for a flush wants.
-    fn flush(&self, req: &Request) -> Outcome {
-        let status = match self.disk.file.sync_data() {
-            Ok(()) => S_OK,
-            Err(e) => host_error(&self.disk, req, "fdatasync", &e),
+    fn flush(&self, req: &Request, gate: &Gate) -> Outcome {
+        let status = match gate.outside(|| self.disk.file.sync_data()) {
+            Err(Revoked) => return Outcome::revoked(),
+            Ok(Ok(())) => S_OK,
+            Ok(Err(e)) => host_error(&self.disk, req, "fdatasync", &e),
         };
         let data = req.out_len + req.in_len;
         let broke = if req.sector != 0 {
@@ -445,9 +472,9 @@ impl BlockQueue {
             )
         });
         Ok(Outcome {
-            status: S_OK,
             written: u64::from(written),
             broke,
+            ..Outcome::status(S_OK)
         })
     }
 
@@ -457,6 +484,7 @@ impl BlockQueue {
         req: &Request,
         chain: &Chain,
         mem: &GuestMemoryMmap,
+        gate: &Gate,
     ) -> Result<Outcome, Violation> {
         let reading = req.kind == VIRTIO_BLK_T_IN;
         let len = if reading { req.in_len } else { req.out_len };
@@ -503,19 +531,31 @@ impl BlockQueue {
                 let n = (plen - done).min(BOUNCE_LEN as u64) as usize;
                 let at = GuestAddress(addr.0 + done);
                 let buf = &mut self.bounce[..n];
+                let file = &self.disk.file;
+                // Into the bounce buffer, never straight into guest memory:
+                // the device may be reset before the read returns.
                 let io = if reading {
-                    self.disk.file.read_exact_at(buf, offset)
+                    gate.outside(|| {
+                        crate::test_hooks::blk_io(req.sector);
+                        file.read_exact_at(buf, offset)
+                    })
                 } else {
                     mem.read_slice(buf, at)
                         .map_err(|e| memory_violation(req.head, e))?;
-                    self.disk.file.write_all_at(buf, offset)
+                    gate.outside(|| {
+                        crate::test_hooks::blk_io(req.sector);
+                        file.write_all_at(buf, offset)
+                    })
+                };
+                let Ok(io) = io else {
+                    return Ok(Outcome::revoked());
                 };
                 if let Err(e) = io {
                     let op = if reading { "read" } else { "write" };
                     return Ok(Outcome {
                         status: host_error(&self.disk, req, op, &e),
                         written,
-                        broke: None,
+                        ..Outcome::status(S_IOERR)
                     });
                 }
                 if reading {
@@ -528,19 +568,22 @@ impl BlockQueue {
             }
         }
         if !reading && len > 0 {
-            if let Err(e) = self.stable() {
-                return Ok(Outcome::status(host_error(
-                    &self.disk,
-                    req,
-                    "fdatasync",
-                    &e,
-                )));
+            match gate.outside(|| self.stable()) {
+                Err(Revoked) => return Ok(Outcome::revoked()),
+                Ok(Err(e)) => {
+                    return Ok(Outcome::status(host_error(
+                        &self.disk,
+                        req,
+                        "fdatasync",
+                        &e,
+                    )))
+                }
+                Ok(Ok(())) => {}
             }
         }
         Ok(Outcome {
-            status: S_OK,
             written,
-            broke: None,
+            ..Outcome::status(S_OK)
         })
     }
 
@@ -560,6 +603,7 @@ impl BlockQueue {
         req: &Request,
         chain: &Chain,
         mem: &GuestMemoryMmap,
+        gate: &Gate,
     ) -> Result<Outcome, Violation> {
         let zeroing = req.kind == VIRTIO_BLK_T_WRITE_ZEROES;
         let (limit, field) = if zeroing {
@@ -644,24 +688,34 @@ impl BlockQueue {
             return Ok(refused);
         }
         for (offset, len, unmap) in segments {
-            let r = if zeroing {
-                self.zero(offset, len, unmap)
-            } else {
-                self.punch(offset, len)
-            };
-            if let Err(e) = r {
-                let op = if zeroing { "write-zeroes" } else { "discard" };
-                return Ok(Outcome::status(host_error(&self.disk, req, op, &e)));
+            let r = gate.outside(|| {
+                if zeroing {
+                    self.zero(offset, len, unmap)
+                } else {
+                    self.punch(offset, len)
+                }
+            });
+            match r {
+                Err(Revoked) => return Ok(Outcome::revoked()),
+                Ok(Err(e)) => {
+                    let op = if zeroing { "write-zeroes" } else { "discard" };
+                    return Ok(Outcome::status(host_error(&self.disk, req, op, &e)));
+                }
+                Ok(Ok(())) => {}
             }
         }
         if zeroing {
-            if let Err(e) = self.stable() {
-                return Ok(Outcome::status(host_error(
-                    &self.disk,
-                    req,
-                    "fdatasync",
-                    &e,
-                )));
+            match gate.outside(|| self.stable()) {
+                Err(Revoked) => return Ok(Outcome::revoked()),
+                Ok(Err(e)) => {
+                    return Ok(Outcome::status(host_error(
+                        &self.disk,
+                        req,
+                        "fdatasync",
+                        &e,
+                    )))
+                }
+                Ok(Ok(())) => {}
             }
         }
         Ok(Outcome::status(S_OK))
@@ -745,7 +799,11 @@ impl QueueHandler for BlockQueue {
         self.check_features(queue);
         let mut used = false;
         while let Some(chain) = queue.pop(mem)? {
-            let answer = self.request(&chain, mem)?;
+            let Some(answer) = self.request(&chain, mem, queue.gate())? else {
+                // Reset during the request's host I/O: the queue is no
+                // longer ours; the worker sees the gate closed and ends.
+                return Ok(used);
+            };
             queue.add_used(mem, chain.head, answer.len)?;
             // Answered first, then reported: the worker hands the rule to
             // the transport after `process`, so a MUST still stops a
@@ -1246,6 +1304,98 @@ mod tests {
         assert_eq!(r.unwrap(), (S_IOERR, 1));
         let r = simple(h.as_mut(), &mem, VIRTIO_BLK_T_IN, 0, &[SECTOR as u32], true);
         assert_eq!(r.unwrap(), (S_OK, SECTOR as u32 + 1));
+    }
+
+    /// ENOSPC (and EIO alike) from the host fails that write only, with
+    /// IOERR; the next request is served. `/dev/full` refuses every write
+    /// with ENOSPC and reads as zeros. The warning goes through the
+    /// once-per-cause limiter: the second failure is only counted.
+    #[test]
+    fn host_write_errors_are_ioerr_for_that_request_only() {
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open("/dev/full")
+            .unwrap();
+        let disk = Disk {
+            file,
+            path: PathBuf::from("/dev/full"),
+            capacity: 8,
+            read_only: false,
+            id: [0; ID_LEN],
+            writeback: AtomicBool::new(true),
+        };
+        let mut h = BlockQueue::new(Arc::new(disk), ALL);
+        let mem = ram();
+        for _ in 0..2 {
+            mem.write_slice(&[0x5a; SECTOR], GuestAddress(DATA))
+                .unwrap();
+            let r = simple(&mut h, &mem, VIRTIO_BLK_T_OUT, 1, &[SECTOR as u32], false);
+            assert_eq!(r.unwrap(), (S_IOERR, 1));
+        }
+        let r = simple(&mut h, &mem, VIRTIO_BLK_T_IN, 1, &[SECTOR as u32], true);
+        assert_eq!(r.unwrap(), (S_OK, SECTOR as u32 + 1));
+        let mut back = [0xffu8; SECTOR];
+        mem.read_slice(&mut back, GuestAddress(DATA)).unwrap();
+        assert_eq!(back, [0u8; SECTOR], "the read was served");
+        let cause = format!(
+            "virtio-blk /dev/full write {:?}",
+            io::ErrorKind::StorageFull
+        );
+        let counted = crate::guestlog::suppressed()
+            .into_iter()
+            .find(|(c, _)| *c == cause);
+        assert_eq!(counted, Some((cause, 1)), "printed once, then counted");
+    }
+
+    /// A device reset while a request's host I/O runs (the gate closes
+    /// while the handler is outside it): the request is dropped when the
+    /// I/O returns. Its data never reaches guest memory, its status byte
+    /// and the used ring stay as they were, nothing is recorded.
+    #[test]
+    fn a_request_whose_device_is_reset_during_its_host_io_is_dropped() {
+        use crate::virtio::gate::Generation;
+        let disk = TempDisk::new(64 * SECTOR);
+        let mut b = open(&disk, false, None);
+        let mut h = handler(&mut b, ALL);
+        let mem = ram();
+        let one = [SECTOR as u32];
+        let cases: [(u32, &[u32], bool); 4] = [
+            (VIRTIO_BLK_T_IN, &one, true),
+            (VIRTIO_BLK_T_OUT, &one, false),
+            (VIRTIO_BLK_T_FLUSH, &[], false),
+            (VIRTIO_BLK_T_WRITE_ZEROES, &[SEGMENT_LEN as u32], false),
+        ];
+        for (kind, data, writable) in cases {
+            let chain = simple_chain(&mem, kind, 0, data, writable);
+            if kind == VIRTIO_BLK_T_WRITE_ZEROES {
+                segment(&mem, DATA, 8, 8, 0);
+            } else {
+                mem.write_slice(&[0xee; SECTOR], GuestAddress(DATA))
+                    .unwrap();
+            }
+            let (mut q, status_at) = offer(&mem, ALL, &chain);
+            mem.write_obj(0xffu8, GuestAddress(status_at)).unwrap();
+            let generation = Generation::new("virtio-blk test");
+            let gate = Gate::new(generation.clone(), 0);
+            assert!(gate.enter());
+            q.set_gate(gate);
+            // The reset closes the generation; the handler is inside and
+            // steps out for its I/O next, as if the reset came then.
+            generation.close(std::time::Duration::ZERO);
+            let what = type_name(kind);
+            assert!(!h.process(&mut q, &mem).unwrap(), "{what}: nothing used");
+            assert!(!q.gate().is_inside(), "{what}");
+            assert!(q.take_findings().is_empty(), "{what}");
+            let used_idx = mem.read_obj::<u16>(GuestAddress(USED + 2)).unwrap();
+            let status = mem.read_obj::<u8>(GuestAddress(status_at)).unwrap();
+            assert_eq!((used_idx, status), (0, 0xff), "{what}");
+            if kind == VIRTIO_BLK_T_IN {
+                let mut back = [0u8; SECTOR];
+                mem.read_slice(&mut back, GuestAddress(DATA)).unwrap();
+                assert_eq!(back, [0xee; SECTOR], "the read reached guest memory");
+            }
+        }
     }
 
     // --- flush, GET_ID ---
