@@ -15,6 +15,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
 use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use devices::virtio::vmmci::{Outcome, Request, VmmciControl};
 use devices::VmRequest;
@@ -212,9 +213,20 @@ pub fn sync_on_exit(path: PathBuf, file: std::fs::File) {
         .push((path, file));
 }
 
+/// How long the way out waits for the disks' `fdatasync`. A flush that
+/// takes longer is on storage that hangs (a network file system whose
+/// server is gone): waiting on would keep the launcher, and whoever waits
+/// for it, stuck without making the data any safer, since the dirty pages
+/// stay in the host's page cache and are written back when the storage
+/// returns whether or not this process still exists. What is lost by not
+/// waiting is only the guarantee that they are on the storage when the
+/// launcher exits, and the launcher says so.
+const FLUSH_WAIT: Duration = Duration::from_secs(10);
+
 /// `fdatasync` on every writable disk: whatever the guest wrote and was
 /// told is done reaches the image before the process exits or re-execs,
-/// whatever ends the run (power-off, signal, reboot, bad driver, crash).
+/// whatever ends the run (power-off, signal, reboot, bad driver, crash),
+/// unless the storage hangs ([`FLUSH_WAIT`]).
 fn sync_disks() {
     // try_lock: the panic hook may run while this thread holds the lock.
     let disks = match SYNC_ON_EXIT.try_lock() {
@@ -222,9 +234,25 @@ fn sync_disks() {
         Err(std::sync::TryLockError::Poisoned(e)) => e.into_inner(),
         Err(std::sync::TryLockError::WouldBlock) => return,
     };
-    for (path, file) in disks.iter() {
-        if let Err(e) = file.sync_data() {
-            eprintln!("launcher: cannot flush disk {}: {e}", path.display());
+    let files = disks
+        .iter()
+        .filter_map(|(path, file)| match file.try_clone() {
+            Ok(f) => Some((path.clone(), f)),
+            Err(e) => {
+                eprintln!("launcher: cannot flush disk {}: {e}", path.display());
+                None
+            }
+        })
+        .collect();
+    for (path, result) in flush_within(files, FLUSH_WAIT, |f| f.sync_data()) {
+        match result {
+            Some(Ok(())) => {}
+            Some(Err(e)) => eprintln!("launcher: cannot flush disk {}: {e}", path.display()),
+            None => eprintln!(
+                "launcher: disk {}: its flush has not finished after {} s (is its storage hung?); exiting without it, so what the guest wrote may reach the image only later",
+                path.display(),
+                FLUSH_WAIT.as_secs()
+            ),
         }
     }
 }
@@ -258,6 +286,49 @@ fn drain_console(stall: std::time::Duration) {
             d.unwritten
         );
     }
+}
+
+/// Runs `flush` on each disk, each on a thread of its own so that one hung
+/// disk holds up no other, and waits for them until `wait` has passed.
+/// Each disk's result, `None` for those still flushing then (their
+/// threads are left to themselves; exit or `execve` ends them).
+fn flush_within<F: Send + Sync + 'static>(
+    disks: Vec<(PathBuf, F)>,
+    wait: Duration,
+    flush: fn(&F) -> std::io::Result<()>,
+) -> Vec<(PathBuf, Option<std::io::Result<()>>)> {
+    let deadline = Instant::now() + wait;
+    let (tx, rx) = std::sync::mpsc::channel();
+    let mut results = Vec::new();
+    let mut pending = 0;
+    for (i, (path, disk)) in disks.into_iter().enumerate() {
+        let (tx, disk) = (tx.clone(), std::sync::Arc::new(disk));
+        let mine = disk.clone();
+        let spawned = std::thread::Builder::new()
+            .name("disk-flush".into())
+            .spawn(move || {
+                let _ = tx.send((i, flush(&mine)));
+            });
+        let result = match spawned {
+            Ok(_) => {
+                pending += 1;
+                None
+            }
+            // No thread to spare: flush here, unbounded, rather than not at all.
+            Err(_) => Some(flush(&disk)),
+        };
+        results.push((path, result));
+    }
+    drop(tx);
+    while pending > 0 {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let Ok((i, result)) = rx.recv_timeout(left) else {
+            break;
+        };
+        results[i].1 = Some(result);
+        pending -= 1;
+    }
+    results
 }
 
 /// Removes what [`remove_on_exit`] named; called on every way out (a
@@ -405,6 +476,39 @@ fn reexec(argv: &[OsString], boot: u32) -> std::io::Error {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A disk whose flush hangs holds up neither the way out (beyond the
+    /// wait) nor the other disks' flushes.
+    #[test]
+    fn a_hung_flush_is_waited_for_only_so_long() {
+        /// A disk: `Some` hangs until its sender is dropped, `None` flushes
+        /// at once.
+        struct Disk(Option<Mutex<std::sync::mpsc::Receiver<()>>>);
+        fn flush(d: &Disk) -> std::io::Result<()> {
+            if let Some(hang) = &d.0 {
+                let _ = hang.lock().unwrap().recv();
+                return Err(std::io::Error::other("released"));
+            }
+            Ok(())
+        }
+        let (release, hang) = std::sync::mpsc::channel();
+        let disks = vec![
+            (PathBuf::from("a"), Disk(None)),
+            (PathBuf::from("hung"), Disk(Some(Mutex::new(hang)))),
+            (PathBuf::from("b"), Disk(None)),
+        ];
+        let t = Instant::now();
+        let results = flush_within(disks, Duration::from_millis(200), flush);
+        let took = t.elapsed();
+        assert!(took >= Duration::from_millis(200), "{took:?}");
+        assert!(took < Duration::from_secs(5), "{took:?}");
+        let got: Vec<_> = results
+            .iter()
+            .map(|(p, r)| (p.to_str().unwrap(), r.as_ref().map(|r| r.is_ok())))
+            .collect();
+        assert_eq!(got, [("a", Some(true)), ("hung", None), ("b", Some(true))]);
+        drop(release);
+    }
 
     #[test]
     fn boot_numbers_parse_and_cannot_overflow() {
