@@ -45,6 +45,24 @@
 //!   `bad-blk-writeback-before-features-ok`.
 //! - `bench-blk`: 4 KiB random reads and 1 MiB sequential reads timed with
 //!   the TSC (`GUEST-BENCH ...`; see bench/README.md).
+//! - `virtio-blk-stuck` (`stuck_sector=N`, default 100; with the launcher's
+//!   test hook stalling the host I/O at that sector): a one-sector read of
+//!   sector N into a buffer of 0xa5 (request slot 1), `GUEST-BLK-WAIT reset`,
+//!   and on a byte from the host (sent once the host's worker is stuck) a
+//!   device reset timed with the TSC (`GUEST-BLK-RESET us=<n>`), a
+//!   re-initialisation with the rings elsewhere, a write and read-back
+//!   that must succeed, and a check that the stuck request's buffer,
+//!   status byte and old used ring were never written:
+//!   `GUEST-BLK-STUCK-UNTOUCHED after the reset`. Then `GUEST-BLK-WAIT
+//!   check again`, and on the next byte (the host may have let the stuck
+//!   I/O finish meanwhile) the same I/O and checks again
+//!   (`GUEST-BLK-STUCK-UNTOUCHED at the end`).
+//! - `virtio-blk-nospace` (a disk image larger than the space its file
+//!   system has left): 64 KiB writes from sector 0 on until one fails
+//!   (`GUEST-BLK-NOSPACE sector=<n> status=<s>`), one more write there
+//!   (`GUEST-BLK-STATUS second-write=<s>`), then a read of sector 0 that
+//!   must succeed and return what was written (`GUEST-BLK-AFTER-NOSPACE
+//!   read ok`).
 
 use crate::clock::{self, Deadline};
 use crate::cmdline::Cmdline;
@@ -95,6 +113,8 @@ pub const SCENARIOS: &[(&str, Scenario)] = &[
         bad_writeback_before_features_ok,
     ),
     ("bench-blk", bench_blk),
+    ("virtio-blk-stuck", blk_stuck),
+    ("virtio-blk-nospace", blk_nospace),
 ];
 
 pub const SECTOR: u64 = 512;
@@ -141,6 +161,9 @@ const DATA_BYTES: usize = 4 << 20;
 const STATUS_UNSET: u8 = 0xff;
 
 static RING: Pages<RING_BYTES> = Pages::new();
+/// The rings of a re-initialised device (`virtio-blk-stuck`), apart from
+/// the first ones so that a late write to those shows.
+static RING2: Pages<RING_BYTES> = Pages::new();
 /// Per slot, 64 bytes: header at +0, discard/write-zeroes segment at +16,
 /// status byte at +32.
 static SLOTS: Pages<0x1000> = Pages::new();
@@ -272,14 +295,19 @@ impl Blk {
     /// [`Blk::start`], accepting what `accept` makes of the offered
     /// features.
     fn start_accepting(accept: impl FnOnce(u64) -> u64) -> Blk {
-        let dev = probe();
+        Blk::init(probe(), accept, RING.addr())
+    }
+
+    /// Initialises `dev` (reset first) accepting what `accept` makes of
+    /// the offered features, its queue's rings at `ring`.
+    fn init(dev: Device, accept: impl FnOnce(u64) -> u64, ring: u64) -> Blk {
         dev.begin();
         let offered = dev.device_features();
         let features = accept(offered);
         if dev.negotiate(features) & status::FEATURES_OK == 0 {
             fail("device refused FEATURES_OK");
         }
-        let mut vq = Vq::at(0, QSIZE, RING.addr());
+        let mut vq = Vq::at(0, QSIZE, ring);
         dev.setup_queue(&mut vq);
         if vq.size < 3 {
             fail("request queue too small");
@@ -992,5 +1020,138 @@ fn bench_blk(cmdline: &Cmdline) -> ! {
         "GUEST-BENCH blk-1m-seqread mbps={} depth={seq_depth} mib={mib} tsc={cycles}",
         per_second(mib, cycles, khz)
     );
+    finish()
+}
+
+/// Prints `GUEST-BLK-WAIT <what>` and waits (at most 60 s) for a byte from
+/// the host on COM1.
+fn wait_for_host(what: &str) {
+    println!("GUEST-BLK-WAIT {what}");
+    if crate::serial::read_byte(&mut Deadline::after(60)).is_none() {
+        println!("GUEST-FAIL no word from the host to go on ({what})");
+        power::poweroff()
+    }
+}
+
+/// The request slot of `virtio-blk-stuck`'s stuck read (the requests
+/// after the reset use slot 0).
+const STUCK_SLOT: u16 = 1;
+/// What the stuck read's buffer (data +0, one sector) holds.
+const STUCK_FILL: u8 = 0xa5;
+
+/// A read stuck in the host's I/O, a reset, a re-initialised device that
+/// works, and nothing of the stuck read ever written (see the module docs).
+fn blk_stuck(cmdline: &Cmdline) -> ! {
+    let khz = clock::tsc_khz(cmdline);
+    let sector = cmdline.get_u64("stuck_sector").unwrap_or(100);
+    let mut b = Blk::start();
+    if b.capacity < sector + 1 || b.capacity < 8 {
+        fail("the disk is too small for the stuck sector");
+    }
+    fill(0, SECTOR, STUCK_FILL);
+    b.submit(
+        STUCK_SLOT,
+        T_IN,
+        sector,
+        Buf::read_into(data(0), SECTOR as u32),
+    );
+    b.kick();
+    println!("GUEST-BLK-STUCK-SUBMITTED sector={sector}");
+    wait_for_host("reset");
+    if let Some(d) = b.poll() {
+        println!(
+            "GUEST-FAIL the stuck request completed (status {})",
+            d.status
+        );
+        power::poweroff()
+    }
+    let old_used = b.vq.used;
+    let Transport::Modern(dev) = b.dev else {
+        fail("virtio-blk-stuck needs the modern transport")
+    };
+    let t = rdtsc();
+    dev.reset();
+    let us = (rdtsc() - t) * 1000 / khz;
+    println!("GUEST-BLK-RESET us={us}");
+    let mut b = Blk::init(dev, |offered| F_VERSION_1 | offered & WANTED, RING2.addr());
+    stuck_checks(&mut b, old_used, "after the reset");
+    wait_for_host("check again");
+    stuck_checks(&mut b, old_used, "at the end");
+    finish()
+}
+
+/// I/O on the re-initialised device (sectors 1..3 written from data
+/// +4096 and read back at +8192), then the stuck read's traces: its
+/// buffer, its status byte, the old used ring.
+fn stuck_checks(b: &mut Blk, old_used: u64, when: &str) {
+    let len = 2 * SECTOR;
+    fill_pattern(4096, 1, len);
+    b.request_ok(
+        "write sectors 1..3",
+        T_OUT,
+        1,
+        Buf::write_from(data(4096), len as u32),
+    );
+    fill(8192, len, 0xee);
+    b.request_ok(
+        "read sectors 1..3",
+        T_IN,
+        1,
+        Buf::read_into(data(8192), len as u32),
+    );
+    check_pattern("read sectors 1..3", 8192, 1, len);
+    if let Some(i) = (0..SECTOR).find(|&i| read8(data(i)) != STUCK_FILL) {
+        println!("GUEST-FAIL {when}: byte {i} of the stuck read's buffer was written");
+        power::poweroff()
+    }
+    let status = read8(status_byte(STUCK_SLOT));
+    if status != STATUS_UNSET {
+        println!("GUEST-FAIL {when}: the stuck read's status byte is {status}");
+        power::poweroff()
+    }
+    // Vq::at zeroed the old rings: flags, idx and the first entry.
+    if read64(old_used) != 0 || read64(old_used + 8) != 0 {
+        println!("GUEST-FAIL {when}: the old used ring was written");
+        power::poweroff()
+    }
+    println!("GUEST-BLK-STUCK-UNTOUCHED {when}");
+}
+
+/// Writes until the host's file system is full; the failure is IOERR for
+/// that request and the device goes on (see the module docs).
+fn blk_nospace(_: &Cmdline) -> ! {
+    const CHUNK: u64 = 64 << 10;
+    let mut b = Blk::start();
+    let cap = b.capacity;
+    fill(0, CHUNK, 0x6b);
+    let mut sector = 0;
+    let status = loop {
+        if sector + CHUNK / SECTOR > cap {
+            fail("every write succeeded: the disk never filled up");
+        }
+        let (s, _) = b.request(T_OUT, sector, Buf::write_from(data(0), CHUNK as u32));
+        if s != S_OK {
+            break s;
+        }
+        sector += CHUNK / SECTOR;
+    };
+    println!("GUEST-BLK-NOSPACE sector={sector} status={status}");
+    let (s, _) = b.request(T_OUT, sector, Buf::write_from(data(0), CHUNK as u32));
+    println!("GUEST-BLK-STATUS second-write={s}");
+    if sector == 0 {
+        fail("the first write failed already");
+    }
+    fill(CHUNK, SECTOR, 0xee);
+    b.request_ok(
+        "read sector 0",
+        T_IN,
+        0,
+        Buf::read_into(data(CHUNK), SECTOR as u32),
+    );
+    if let Some(i) = (0..SECTOR).find(|&i| read8(data(CHUNK + i)) != 0x6b) {
+        println!("GUEST-FAIL read sector 0: byte {i} is not what was written");
+        power::poweroff()
+    }
+    println!("GUEST-BLK-AFTER-NOSPACE read ok");
     finish()
 }

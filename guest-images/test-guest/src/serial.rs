@@ -58,3 +58,18 @@ macro_rules! println {
     () => ($crate::print!("\n"));
     ($($arg:tt)*) => ($crate::serial::_print(format_args!("{}\n", format_args!($($arg)*))));
 }
+
+/// LSR bit 0: a received byte is waiting in the receive buffer.
+const LSR_DATA_READY: u8 = 1;
+
+/// The next byte the host sent to COM1 (the launcher's stdin), polled, or
+/// `None` if none came before `deadline` expired.
+pub fn read_byte(deadline: &mut crate::clock::Deadline) -> Option<u8> {
+    while !deadline.expired() {
+        if inb(LSR) & LSR_DATA_READY != 0 {
+            return Some(inb(COM1));
+        }
+        core::hint::spin_loop();
+    }
+    None
+}
