@@ -1,5 +1,6 @@
 //! COM1 output (8250 at 0x3f8), polled: wait for LSR bit 5 (transmit
-//! holding register empty), then write the byte. No interrupts, no input.
+//! holding register empty), then write the byte; input is polled the same
+//! way (LSR bit 0). No interrupts.
 
 use core::fmt;
 
