@@ -979,9 +979,15 @@ impl Core {
             self.violate(Rule::LegacyNotifyBeforeDriverOk, what);
             self.start_queues(base);
         }
+        let enabled = self.queues.get(usize::from(q)).is_some_and(|r| r.enabled);
         match self.running.iter().find(|r| r.index == q) {
             Some(r) => {
                 let _ = r.kick.write(1);
+            }
+            // Its worker could not start (a host failure the driver was
+            // told of with DEVICE_NEEDS_RESET): not the driver's fault.
+            None if enabled && self.reporter.needs_reset.load(Ordering::SeqCst) => {
+                log::debug!("{}: notify for queue {q}, which has no worker", self.label);
             }
             None => self.violate(
                 Rule::NotifyBadQueue,
@@ -1066,17 +1072,23 @@ impl Core {
     }
 
     /// Whether the workers earlier resets left behind (stuck in host I/O)
-    /// leave room for a new activation's; if not, the device fails.
+    /// leave room for a new activation's; if not, the device needs a
+    /// reset (said once per device: the guest may try again and again).
     fn room_for_workers(&mut self) -> bool {
         self.stuck.retain(|w| !w.has_ended());
         if self.stuck.len() < MAX_STUCK {
             return true;
         }
-        let what = format!(
-            "{} queue workers are still stuck in host I/O from earlier resets; no new ones start until they finish",
-            self.stuck.len()
+        let label = &self.label;
+        crate::guestlog::warn(
+            &format!("{label} too many stuck workers"),
+            format_args!(
+                "{label}: {} queue workers are still stuck in host I/O from earlier resets; no new ones start until they finish, and the device needs a reset",
+                self.stuck.len()
+            ),
         );
-        self.reporter.device_failed(&what);
+        self.reporter.needs_reset.store(true, Ordering::SeqCst);
+        self.reporter.config.raise();
         false
     }
 
