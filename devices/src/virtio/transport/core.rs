@@ -9,9 +9,9 @@
 //! queues the driver programmed (§2.4, §4.1.4.3), checks every operation
 //! against the [`Rule`]s, starts one [`Worker`] per queue at DRIVER_OK and
 //! stops them on reset, without waiting for ever on one stuck in host I/O
-//! (see [`Core::stop_workers`] and [`crate::virtio::gate`]). Where the two interfaces' rules differ (a legacy
-//! driver has no FEATURES_OK step and cannot size its queues), [`Version`]
-//! says which applies, here and nowhere else.
+//! (`stop_workers`, [`crate::virtio::gate`]). Where the two interfaces'
+//! rules differ (a legacy driver has no FEATURES_OK step and cannot size
+//! its queues), [`Version`] says which applies, here and nowhere else.
 //!
 //! What a register map supplies: the [`Interrupt`] it wired (MSI-X and
 //! INTx, or INTx alone) and a [`Doorbell`], which makes the guest's queue
