@@ -47,6 +47,10 @@ fn main() {
         std::process::exit(lifecycle::code::LAUNCHER_ERROR);
     }));
 
+    if let Err(e) = init_tracing(&cli) {
+        eprintln!("launcher: {e}");
+        std::process::exit(lifecycle::code::LAUNCHER_ERROR);
+    }
     let config = cli::VmConfig::from(cli);
     let host = host::Host::detect();
     host.describe();
@@ -89,12 +93,46 @@ fn main() {
     lifecycle::finish(outcome, &argv)
 }
 
-/// Diagnostics go to stderr; `-v` shows what guest drivers and the host
-/// workarounds do, `-vv` every unclaimed I/O access. RUST_LOG overrides.
+/// Diagnostics go to stderr: `-v` and `-vv` what guest drivers, the
+/// devices and the host workarounds do (the devices' detail is
+/// `devices::trace`'s to decide), `-vvv` also every unclaimed I/O access.
+/// RUST_LOG overrides.
+/// Sets up `devices::trace` from `--trace`, `--trace-file` and `-v`. The
+/// trace file is opened (and emptied) by the first boot only; a reboot's
+/// re-exec carries it over (see `lifecycle::carry_trace_file`) and the
+/// next boot appends.
+fn init_tracing(cli: &cli::Cli) -> Result<(), String> {
+    let file = match &cli.trace_file {
+        None => None,
+        Some(path) => {
+            let file = match lifecycle::carried_trace_file() {
+                Some(f) => f,
+                None => std::fs::File::create(path)
+                    .map_err(|e| format!("cannot create the trace file {}: {e}", path.display()))?,
+            };
+            let copy = file
+                .try_clone()
+                .map_err(|e| format!("trace file {}: {e}", path.display()))?;
+            lifecycle::carry_trace_file(copy);
+            Some(devices::trace::FileSettings {
+                file,
+                everything: cli.trace_everything,
+                boot: lifecycle::boot_number(),
+            })
+        }
+    };
+    devices::trace::init(devices::trace::Settings {
+        verbose: cli.verbose,
+        only: cli.trace.clone(),
+        file,
+    })
+    .map_err(|e| format!("cannot set up tracing: {e}"))
+}
+
 fn init_logging(verbose: u8) {
     let level = match verbose {
         0 => "warn",
-        1 => "debug",
+        1 | 2 => "debug",
         _ => "trace",
     };
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(format!(

@@ -200,9 +200,19 @@ impl VmHooks for KvmHooks {
     fn report(&self, v: &Violation) {
         let cause = format!("{:?} {}", v.rule, v.device);
         match v.verdict(self.lenient, self.warnings_as_errors) {
-            Verdict::Stop => self.control.request(VmRequest::BadDriver {
-                report: format!("bad driver: {}", v.body()),
-            }),
+            Verdict::Stop => {
+                let mut report = format!("bad driver: {}", v.body());
+                if !v.recent.is_empty() {
+                    report.push_str(
+                        "\n  the device's last events before it (oldest first; -v and --trace-file show them all):",
+                    );
+                    for e in &v.recent {
+                        report.push_str("\n    ");
+                        report.push_str(e);
+                    }
+                }
+                self.control.request(VmRequest::BadDriver { report })
+            }
             Verdict::NeedsReset => {
                 guestlog::warn(&cause, format_args!("{v} (--lenient: device needs reset)"))
             }

@@ -1,5 +1,6 @@
 //! The consoles' way to the launcher's stdout: a bounded buffer and one
-//! writer thread (`console-out`) that owns the host side.
+//! writer thread (`console-out`) that owns the host side. The streamed
+//! trace file (`crate::trace`) uses the same machinery (`trace-out`).
 //!
 //! Guest console bytes arrive on vCPU threads (the 8250) and on a queue
 //! worker (virtio-console's transmitq), often with a device lock held. A
@@ -101,7 +102,16 @@ impl Output {
     }
 
     /// Starts the writer thread on `sink`, with room for `capacity` bytes.
-    pub fn spawn(mut sink: Box<dyn Write + Send>, capacity: usize) -> std::io::Result<Output> {
+    pub fn spawn(sink: Box<dyn Write + Send>, capacity: usize) -> std::io::Result<Output> {
+        Self::spawn_named("console-out", sink, capacity)
+    }
+
+    /// [`Output::spawn`] with the writer thread called `name`.
+    pub fn spawn_named(
+        name: &str,
+        mut sink: Box<dyn Write + Send>,
+        capacity: usize,
+    ) -> std::io::Result<Output> {
         let shared = Arc::new(Shared {
             state: Mutex::new(State::default()),
             data: Condvar::new(),
@@ -112,7 +122,7 @@ impl Output {
         });
         let s = shared.clone();
         std::thread::Builder::new()
-            .name("console-out".into())
+            .name(name.into())
             .spawn(move || s.write_out(&mut *sink))?;
         Ok(Output { shared })
     }
@@ -142,6 +152,18 @@ impl Output {
             self.shared.data.notify_one();
         }
         (n, end)
+    }
+
+    /// Takes all of `bytes` or, if they do not fit, none (a trace line is
+    /// whole or absent).
+    pub fn push_whole(&self, bytes: &[u8]) -> bool {
+        let fits = {
+            let st = lock(&self.shared.state);
+            st.failed || st.buf.len() + st.in_flight + bytes.len() <= self.shared.capacity
+        };
+        // Only the trace writer pushes into its output, so the room seen
+        // is still there.
+        fits && self.push(bytes).0 == bytes.len()
     }
 
     /// Free room in the buffer now (another producer may take it first).

@@ -110,6 +110,20 @@ pub trait VirtioDevice: Send {
     fn name(&self) -> &'static str;
     /// Device-specific feature bits offered; the transport adds its own.
     fn features(&self) -> u64;
+    /// Names of the device's own feature bits, for traces
+    /// (`BLK_F_FLUSH`); the transport's are known to `crate::trace`.
+    fn feature_names(&self) -> &'static [(u32, &'static str)] {
+        &[]
+    }
+    /// The transport's tracer for this function, for events that come
+    /// from the device itself rather than its queues (vmmci's commands).
+    fn set_tracer(&mut self, _trace: crate::trace::Tracer) {}
+    /// Whether configuration bytes `offset..offset + len` include
+    /// something the host chose at random (a MAC), which traces meant to
+    /// compare two runs leave out.
+    fn config_is_random(&self, _offset: usize, _len: usize) -> bool {
+        false
+    }
     /// Maximum size of each queue; the length is the number of queues.
     fn queue_max_sizes(&self) -> &[u16];
     /// Reads the device-specific configuration space.

@@ -32,6 +32,7 @@ use vm_memory::{Bytes, GuestAddress, GuestMemory, GuestMemoryError, GuestMemoryM
 
 use super::gate::Gate;
 use super::rules::{Rule, Violation};
+use crate::trace::Tracer;
 
 /// Size of one `struct virtq_desc`.
 const DESC_SIZE: u64 = 16;
@@ -172,6 +173,9 @@ pub struct CheckedQueue {
     /// The worker's way into the device's current activation: the used
     /// ring is written only from inside it (see [`super::gate`]).
     gate: Gate,
+    /// The device's tracer: handlers trace decoded requests with it, the
+    /// worker notifications and interrupts.
+    trace: Tracer,
 }
 
 impl CheckedQueue {
@@ -251,6 +255,7 @@ impl CheckedQueue {
             exposed: vec![0; usize::from(size)],
             warnings: Vec::new(),
             gate: Gate::always_open(),
+            trace: Tracer::quiet(String::new()),
         })
     }
 
@@ -258,6 +263,15 @@ impl CheckedQueue {
     /// then (handlers tested without a transport) its gate never closes.
     pub fn set_gate(&mut self, gate: Gate) {
         self.gate = gate;
+    }
+
+    /// Traces through `trace` (the device's); until then, nowhere.
+    pub fn set_tracer(&mut self, trace: Tracer) {
+        self.trace = trace;
+    }
+
+    pub fn tracer(&self) -> &Tracer {
+        &self.trace
     }
 
     /// The gate a handler steps out of for blocking host I/O

@@ -242,6 +242,9 @@ pub struct Violation {
     pub queue: Option<u16>,
     /// What exactly the driver did: values, addresses.
     pub detail: String,
+    /// The device's last traced events before it (oldest first), shown
+    /// with a bad-driver report.
+    pub recent: Vec<String>,
 }
 
 impl Violation {
@@ -251,7 +254,13 @@ impl Violation {
             device: String::new(),
             queue: None,
             detail: detail.into(),
+            recent: Vec::new(),
         }
+    }
+
+    pub fn with_recent(mut self, recent: Vec<String>) -> Self {
+        self.recent = recent;
+        self
     }
 
     pub fn on_queue(mut self, queue: u16) -> Self {

@@ -30,12 +30,13 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Instant;
 
+use crate::trace::{Detail, Value};
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::device::QueueHandler;
-use super::interrupt::{Interrupt, ISR_QUEUE};
+use super::interrupt::{Interrupt, ISR_QUEUE, NO_VECTOR};
 use super::queue::CheckedQueue;
 use super::rules::Violation;
 
@@ -167,6 +168,13 @@ fn run(mut s: WorkerSetup, stop: EventFd) {
                 STOP => return,
                 KICK => {
                     let _ = s.kick.read();
+                    let q = s.queue.index();
+                    s.queue.tracer().event(
+                        Detail::Request,
+                        "notify",
+                        &[("queue", Value::U(q.into()))],
+                        format_args!("queue {q} notified"),
+                    );
                 }
                 _ => {}
             }
@@ -187,6 +195,23 @@ fn run(mut s: WorkerSetup, stop: EventFd) {
         match result {
             Ok(true) => {
                 if s.queue.needs_interrupt(&s.mem) {
+                    let q = s.queue.index();
+                    s.queue.tracer().event(
+                        Detail::Request,
+                        "interrupt",
+                        &[
+                            ("queue", Value::U(q.into())),
+                            ("vector", Value::U(s.vector.into())),
+                        ],
+                        format_args!(
+                            "queue {q} interrupts the driver ({})",
+                            if s.vector == NO_VECTOR {
+                                "INTx".to_string()
+                            } else {
+                                format!("MSI-X vector {}", s.vector)
+                            }
+                        ),
+                    );
                     s.interrupt.signal(s.vector, ISR_QUEUE);
                 }
             }

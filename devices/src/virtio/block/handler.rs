@@ -50,6 +50,7 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use vmm_sys_util::fallocate::{fallocate, FallocateMode};
 
 use super::{ID_LEN, MAX_DISCARD_SECTORS, MAX_DISCARD_SEG, MAX_WRITE_ZEROES_SEG, SECTOR_SIZE};
+use crate::trace::{Detail, Tracer, Value};
 use crate::virtio::device::{feature, QueueHandler};
 use crate::virtio::gate::{Gate, Revoked};
 use crate::virtio::queue::{Buffer, Chain, CheckedQueue};
@@ -268,6 +269,7 @@ impl BlockQueue {
         chain: &Chain,
         mem: &GuestMemoryMmap,
         gate: &Gate,
+        trace: &Tracer,
     ) -> Result<Option<Answer>, Violation> {
         let (readable, writable) = (chain.readable_len(), chain.writable_len());
         let head = chain.head;
@@ -336,6 +338,27 @@ impl BlockQueue {
         let outcome = self.serve(&req, chain, mem, gate)?;
         if outcome.revoked {
             return Ok(None);
+        }
+        if trace.wants(Detail::Request) {
+            let op = type_name(req.kind);
+            let op = op.trim_start_matches("T_");
+            let status = match outcome.status {
+                S_OK => "OK",
+                S_IOERR => "IOERR",
+                _ => "UNSUPP",
+            };
+            let bytes = req.out_len + req.in_len;
+            trace.event(
+                Detail::Request,
+                "request",
+                &[
+                    ("op", Value::S(op)),
+                    ("sector", Value::U(req.sector)),
+                    ("bytes", Value::U(bytes)),
+                    ("status", Value::S(status)),
+                ],
+                format_args!("{op} sector {}, {bytes} bytes → {status}", req.sector),
+            );
         }
         // The status byte is the last byte of the last writable buffer.
         if let Some(last) = chain.writable().last() {
@@ -799,7 +822,7 @@ impl QueueHandler for BlockQueue {
         self.check_features(queue);
         let mut used = false;
         while let Some(chain) = queue.pop(mem)? {
-            let Some(answer) = self.request(&chain, mem, queue.gate())? else {
+            let Some(answer) = self.request(&chain, mem, queue.gate(), queue.tracer())? else {
                 // Reset during the request's host I/O: the queue is no
                 // longer ours; the worker sees the gate closed and ends.
                 return Ok(used);

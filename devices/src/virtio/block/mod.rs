@@ -284,6 +284,21 @@ fn config_space(capacity: u64) -> [u8; CONFIG_LEN] {
 }
 
 impl VirtioDevice for Block {
+    fn feature_names(&self) -> &'static [(u32, &'static str)] {
+        &[
+            (1, "BLK_F_SIZE_MAX"),
+            (2, "BLK_F_SEG_MAX"),
+            (4, "BLK_F_GEOMETRY"),
+            (5, "BLK_F_RO"),
+            (6, "BLK_F_BLK_SIZE"),
+            (9, "BLK_F_FLUSH"),
+            (10, "BLK_F_TOPOLOGY"),
+            (11, "BLK_F_CONFIG_WCE"),
+            (12, "BLK_F_MQ"),
+            (13, "BLK_F_DISCARD"),
+            (14, "BLK_F_WRITE_ZEROES"),
+        ]
+    }
     fn device_type(&self) -> u16 {
         2
     }

@@ -22,6 +22,7 @@ use vmm_sys_util::eventfd::EventFd;
 
 use crate::bus::lock;
 use crate::output::Output;
+use crate::trace::{Detail, Value};
 use crate::virtio::device::{QueueHandler, VirtioDevice};
 use crate::virtio::queue::{Chain, CheckedQueue};
 use crate::virtio::rules::{Rule, Violation};
@@ -93,6 +94,13 @@ impl Console {
 }
 
 impl VirtioDevice for Console {
+    fn feature_names(&self) -> &'static [(u32, &'static str)] {
+        &[
+            (0, "CONSOLE_F_SIZE"),
+            (1, "CONSOLE_F_MULTIPORT"),
+            (2, "CONSOLE_F_EMERG_WRITE"),
+        ]
+    }
     fn device_type(&self) -> u16 {
         3
     }
@@ -176,6 +184,12 @@ impl QueueHandler for Receive {
             drop(pending);
             let len = chain.write_all(mem, &bytes).unwrap_or(0);
             queue.add_used(mem, chain.head, len)?;
+            queue.tracer().event(
+                Detail::Request,
+                "input",
+                &[("bytes", Value::U(len.into()))],
+                format_args!("{len} bytes of input to the guest"),
+            );
             used = true;
         }
         if used {
@@ -312,6 +326,13 @@ impl QueueHandler for Transmit {
                 self.copying = Some(c);
                 break;
             }
+            let bytes = c.chain.readable_len();
+            queue.tracer().event(
+                Detail::Request,
+                "output",
+                &[("bytes", Value::U(bytes))],
+                format_args!("{bytes} bytes of output from the guest"),
+            );
             self.waiting.push_back((c.chain.head, c.end));
         }
         Ok(used)

@@ -65,6 +65,7 @@ use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use super::header::{self, NetHdr};
 use super::{SharedBackend, LEGACY_HDR_LEN, MAX_FRAME, VNET_HDR_LEN};
 use crate::bus::lock;
+use crate::trace::{Detail, Value};
 use crate::virtio::device::{feature, QueueHandler};
 use crate::virtio::queue::{Chain, CheckedQueue};
 use crate::virtio::rules::{Rule, Violation};
@@ -399,6 +400,7 @@ impl RxQueue {
             .write_all(mem, &self.frame[..len])
             .map_err(|e| memory_violation(&chain, e))?;
         queue.add_used(mem, chain.head, n)?;
+        trace_rx(queue, len, 1);
         Ok(Delivery::Used)
     }
 
@@ -447,8 +449,23 @@ impl RxQueue {
             off += n as usize;
             queue.add_used(mem, chain.head, n)?;
         }
+        trace_rx(queue, len, count);
         Ok(Delivery::Used)
     }
+}
+
+/// A frame handed to the driver (`-vv`): its length with the header and
+/// the receive buffers it took.
+fn trace_rx(queue: &CheckedQueue, len: usize, buffers: usize) {
+    queue.tracer().event(
+        Detail::Request,
+        "rx",
+        &[
+            ("bytes", Value::U(len as u64)),
+            ("buffers", Value::U(buffers as u64)),
+        ],
+        format_args!("rx {len} bytes in {buffers} buffer(s)"),
+    );
 }
 
 impl QueueHandler for RxQueue {
@@ -623,6 +640,34 @@ impl TxQueue {
                 queue.record(rule, format!("transmit chain {head}: {detail}"))
             }
             Ok(None) => {}
+        }
+        let trace = queue.tracer();
+        if trace.wants(Detail::Request) {
+            let gso = match hdr.gso_type & 0x7f {
+                0 => "none",
+                1 => "tcpv4",
+                3 => "udp",
+                4 => "tcpv6",
+                5 => "udp_l4",
+                _ => "other",
+            };
+            let payload = len - n.hdr_len as u64;
+            let csum = if hdr.flags & 1 != 0 {
+                format!("{}+{}", hdr.csum_start, hdr.csum_offset)
+            } else {
+                "none".into()
+            };
+            trace.event(
+                Detail::Request,
+                "tx",
+                &[
+                    ("bytes", Value::U(payload)),
+                    ("gso", Value::S(gso)),
+                    ("gso_size", Value::U(hdr.gso_size.into())),
+                    ("csum", Value::S(&csum)),
+                ],
+                format_args!("tx {payload} bytes, gso {gso}, csum {csum}"),
+            );
         }
         match fits {
             Some(_) => self.send(),

@@ -258,12 +258,16 @@ pub struct Net {
     /// What the receive queue's worker waits on; see [`handler`].
     gate: Arc<RxGate>,
     mac: [u8; 6],
+    /// The MAC was chosen at random (none given): left out of traces
+    /// meant to compare runs.
+    random_mac: bool,
 }
 
 impl Net {
     /// A card with `mac` (or a random locally administered one) whose
     /// frames come from and go to `backend`.
     pub fn new(backend: Box<dyn FrameBackend>, mac: Option<[u8; 6]>) -> io::Result<Net> {
+        let chosen_here = mac.is_none();
         let mac = match mac {
             Some(m) if m[0] & 1 != 0 => {
                 return Err(io::Error::new(
@@ -283,6 +287,7 @@ impl Net {
             backend: Arc::new(Mutex::new(backend)),
             gate: Arc::new(gate),
             mac,
+            random_mac: chosen_here,
         })
     }
 
@@ -300,6 +305,35 @@ impl Net {
 }
 
 impl VirtioDevice for Net {
+    fn config_is_random(&self, offset: usize, len: usize) -> bool {
+        self.random_mac && offset < 6 && len > 0
+    }
+    fn feature_names(&self) -> &'static [(u32, &'static str)] {
+        &[
+            (0, "NET_F_CSUM"),
+            (1, "NET_F_GUEST_CSUM"),
+            (2, "NET_F_CTRL_GUEST_OFFLOADS"),
+            (3, "NET_F_MTU"),
+            (5, "NET_F_MAC"),
+            (6, "NET_F_GSO"),
+            (7, "NET_F_GUEST_TSO4"),
+            (8, "NET_F_GUEST_TSO6"),
+            (9, "NET_F_GUEST_ECN"),
+            (10, "NET_F_GUEST_UFO"),
+            (11, "NET_F_HOST_TSO4"),
+            (12, "NET_F_HOST_TSO6"),
+            (13, "NET_F_HOST_ECN"),
+            (14, "NET_F_HOST_UFO"),
+            (15, "NET_F_MRG_RXBUF"),
+            (16, "NET_F_STATUS"),
+            (17, "NET_F_CTRL_VQ"),
+            (18, "NET_F_CTRL_RX"),
+            (19, "NET_F_CTRL_VLAN"),
+            (21, "NET_F_GUEST_ANNOUNCE"),
+            (22, "NET_F_MQ"),
+            (23, "NET_F_CTRL_MAC_ADDR"),
+        ]
+    }
     fn device_type(&self) -> u16 {
         1
     }

@@ -9,6 +9,7 @@ use vm_memory::GuestMemoryMmap;
 use super::device::{QueueHandler, VirtioDevice};
 use super::queue::CheckedQueue;
 use super::rules::{Rule, Violation};
+use crate::trace::{Detail, Value};
 
 const QUEUE_SIZE: u16 = 256;
 /// Most bytes handed out per request: a guest asking for more gets this
@@ -83,6 +84,12 @@ impl QueueHandler for RngQueue {
                 }
             };
             queue.add_used(mem, chain.head, len)?;
+            queue.tracer().event(
+                Detail::Request,
+                "entropy",
+                &[("bytes", Value::U(len.into()))],
+                format_args!("{len} bytes of entropy"),
+            );
             used = true;
         }
         Ok(used)

@@ -32,6 +32,7 @@ use std::time::{Duration, Instant};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::VmHooks;
+use crate::trace::{bit_names, Detail, Tracer, Value, STATUS_BITS};
 use crate::virtio::device::{feature, status, ConfigSignal, QueueHandler, VirtioDevice};
 use crate::virtio::gate::{Gate, Generation};
 use crate::virtio::interrupt::{Interrupt, ISR_CONFIG, NO_VECTOR};
@@ -81,6 +82,7 @@ struct Reporter {
     needs_reset: Arc<AtomicBool>,
     /// Signals the configuration vector once interrupts are wired.
     config: Arc<ConfigInterrupt>,
+    trace: Tracer,
 }
 
 impl Reporter {
@@ -90,6 +92,12 @@ impl Reporter {
     /// instead of finding a queue that silently went dead.
     fn device_failed(&self, what: &str) {
         log::error!("{}: {what}; the device needs a reset", self.label);
+        self.trace.event(
+            Detail::Life,
+            "failed",
+            &[("what", Value::S(what))],
+            format_args!("failed: {what}"),
+        );
         self.needs_reset.store(true, Ordering::SeqCst);
         self.config.raise();
     }
@@ -100,7 +108,19 @@ impl Reporter {
     /// nothing for the device.
     fn raise(&self, v: Violation) {
         let fatal = v.is_fatal();
-        self.hooks.report(&v.on_device(self.label.clone()));
+        let recent = self.trace.recent();
+        let v = v.on_device(self.label.clone());
+        let rule = format!("{:?}", v.rule);
+        self.trace.event(
+            Detail::Life,
+            "violation",
+            &[
+                ("rule", Value::S(&rule)),
+                ("level", Value::S(v.rule.level().name())),
+            ],
+            format_args!("{v}"),
+        );
+        self.hooks.report(&v.with_recent(recent));
         if fatal && self.hooks.lenient() {
             self.needs_reset.store(true, Ordering::SeqCst);
             self.config.raise();
@@ -208,6 +228,9 @@ pub struct Core {
     version: Version,
     /// "virtio-rng 00:03.0", for reports and traces.
     label: String,
+    trace: Tracer,
+    /// The features offered were traced since the last reset.
+    offered_traced: AtomicBool,
     /// Prefix of the worker threads' names: "rng-03".
     thread_prefix: String,
     hooks: Arc<dyn VmHooks>,
@@ -266,6 +289,9 @@ impl Core {
     ) -> Self {
         let name = device.name();
         let label = format!("{name} 00:{slot:02x}.0");
+        let trace = Tracer::new(name, slot);
+        let mut device = device;
+        device.set_tracer(trace.clone());
         let thread_prefix = format!("{}-{slot:02x}", name.trim_start_matches("virtio-"));
         let reporter = Reporter {
             hooks: hooks.clone(),
@@ -275,6 +301,7 @@ impl Core {
                 interrupt: std::sync::OnceLock::new(),
                 vector: AtomicU16::new(NO_VECTOR),
             }),
+            trace: trace.clone(),
         };
         let queues: Vec<QueueConfig> = device
             .queue_max_sizes()
@@ -286,6 +313,8 @@ impl Core {
             device,
             version,
             label,
+            trace,
+            offered_traced: AtomicBool::new(false),
             thread_prefix,
             hooks,
             reporter,
@@ -315,6 +344,48 @@ impl Core {
 
     pub fn label(&self) -> &str {
         &self.label
+    }
+
+    /// This function's tracer: the register maps trace accesses with it.
+    pub fn tracer(&self) -> &Tracer {
+        &self.trace
+    }
+
+    /// A register map's access to register `name` (`-vvv`).
+    pub fn trace_register(&self, write: bool, name: &str, v: u64) {
+        let kind = if write { "write" } else { "read" };
+        self.trace.event(
+            Detail::Access,
+            kind,
+            &[("register", Value::S(name)), ("value", Value::U(v))],
+            format_args!("{kind} {name} = {v:#x}"),
+        );
+    }
+
+    /// A PCI configuration-space access to this function (`-vvv`).
+    pub fn trace_pci_config(&self, write: bool, offset: usize, data: &[u8]) {
+        if self.trace.wants(Detail::Access) {
+            let kind = if write {
+                "pci-config-write"
+            } else {
+                "pci-config-read"
+            };
+            let bytes: String = data.iter().map(|b| format!("{b:02x}")).collect();
+            self.trace.event(
+                Detail::Access,
+                kind,
+                &[
+                    ("offset", Value::U(offset as u64)),
+                    ("bytes", Value::S(&bytes)),
+                ],
+                format_args!("{kind} {offset:#04x} = {data:02x?}"),
+            );
+        }
+    }
+
+    /// `features` by name, with this device's own bits.
+    fn feature_names(&self, features: u64) -> String {
+        crate::trace::feature_names(features, self.device.feature_names())
     }
 
     pub fn device(&self) -> &dyn VirtioDevice {
@@ -374,10 +445,26 @@ impl Core {
     pub fn write_status(&mut self, new: u8, notify_base: u64) {
         let old = self.status();
         if new == 0 {
-            log::debug!("{}: reset by the driver", self.label);
+            self.trace.event(
+                Detail::Life,
+                "reset",
+                &[],
+                format_args!("reset by the driver"),
+            );
             return self.reset();
         }
-        log::debug!("{}: status {old:#04x} -> {new:#04x}", self.label);
+        if self.trace.wants(Detail::Life) {
+            let (from, to) = (
+                bit_names(old.into(), STATUS_BITS),
+                bit_names(new.into(), STATUS_BITS),
+            );
+            self.trace.event(
+                Detail::Life,
+                "status",
+                &[("from", Value::S(&from)), ("to", Value::S(&to))],
+                format_args!("status {from} -> {to}"),
+            );
+        }
         if let Err((rule, detail)) = self.status_allowed(old, new) {
             return self.violate(rule, detail);
         }
@@ -487,7 +574,13 @@ impl Core {
         self.status |= status::FEATURES_OK;
         self.features_refused = false;
         self.features_ok_unread = true;
-        log::debug!("{}: features negotiated: {accepted:#x}", self.label);
+        let names = self.feature_names(accepted);
+        self.trace.event(
+            Detail::Life,
+            "features-negotiated",
+            &[("features", Value::S(&names))],
+            format_args!("features negotiated: {names}"),
+        );
         true
     }
 
@@ -516,6 +609,15 @@ impl Core {
 
     /// 32 bits of the offered features; `select` 0 is bits 0..32.
     pub fn device_features(&self, select: u32) -> u32 {
+        if !self.offered_traced.swap(true, Ordering::Relaxed) {
+            let names = self.feature_names(self.offered());
+            self.trace.event(
+                Detail::Life,
+                "features-offered",
+                &[("features", Value::S(&names))],
+                format_args!("features offered: {names}"),
+            );
+        }
         feature_word(self.offered(), select)
     }
 
@@ -587,11 +689,18 @@ impl Core {
             }
         }
         self.driver_features = (self.driver_features & !(0xffff_ffff << shift)) | word;
-        log::debug!(
-            "{}: driver features now {:#x}",
-            self.label,
-            self.driver_features
-        );
+        if self.trace.wants(Detail::Life) {
+            let names = self.feature_names(self.driver_features);
+            self.trace.event(
+                Detail::Life,
+                "features-accepted",
+                &[
+                    ("select", Value::U(select.into())),
+                    ("features", Value::S(&names)),
+                ],
+                format_args!("driver accepts {names}"),
+            );
+        }
     }
 
     // ---- queues (§2.4, §4.1.4.3) ----
@@ -671,6 +780,18 @@ impl Core {
         };
         if field == QueueField::Vector {
             let vector = self.checked_vector(v as u16);
+            self.trace.event(
+                Detail::Life,
+                "vector",
+                &[
+                    ("queue", Value::U(q as u64)),
+                    ("vector", Value::U(vector.into())),
+                ],
+                format_args!(
+                    "queue {q} interrupts on MSI-X vector {}",
+                    vector_name(vector)
+                ),
+            );
             self.queues[q].vector = vector;
             self.queue_vectors_unverified[q] = vector != NO_VECTOR;
             return;
@@ -750,7 +871,12 @@ impl Core {
             if self.driver_ok() {
                 self.may_set_up(q, what);
             } else {
-                log::debug!("{}: queue {q} disabled", self.label);
+                self.trace.event(
+                    Detail::Life,
+                    "queue-disabled",
+                    &[("queue", Value::U(q as u64))],
+                    format_args!("queue {q} disabled"),
+                );
                 self.queues[q] = QueueConfig::new(self.queues[q].max);
             }
             return;
@@ -773,9 +899,25 @@ impl Core {
     fn enable(&mut self, q: usize, r: QueueConfig) {
         match self.checked_queue(q, &r) {
             Ok(_) => {
-                log::debug!(
-                    "{}: queue {q} enabled: size {}, desc {:#x}, avail {:#x}, used {:#x}, vector {}",
-                    self.label, r.size, r.desc, r.avail, r.used, r.vector
+                self.trace.event(
+                    Detail::Life,
+                    "queue",
+                    &[
+                        ("queue", Value::U(q as u64)),
+                        ("size", Value::U(r.size.into())),
+                        ("desc", Value::Addr(r.desc)),
+                        ("avail", Value::Addr(r.avail)),
+                        ("used", Value::Addr(r.used)),
+                        ("vector", Value::U(r.vector.into())),
+                    ],
+                    format_args!(
+                        "queue {q} enabled: size {}, desc {:#x}, avail {:#x}, used {:#x}, vector {}",
+                        r.size,
+                        r.desc,
+                        r.avail,
+                        r.used,
+                        vector_name(r.vector)
+                    ),
                 );
                 self.queues[q] = QueueConfig { enabled: true, ..r };
             }
@@ -809,6 +951,12 @@ impl Core {
 
     pub fn set_config_vector(&mut self, v: u16) {
         let v = self.checked_vector(v);
+        self.trace.event(
+            Detail::Life,
+            "config-vector",
+            &[("vector", Value::U(v.into()))],
+            format_args!("configuration changes on MSI-X vector {}", vector_name(v)),
+        );
         self.config_vector_unverified = v != NO_VECTOR;
         self.reporter.config.vector.store(v, Ordering::SeqCst);
     }
@@ -880,14 +1028,31 @@ impl Core {
         if self.config_access_allowed(offset, data.len(), false) {
             self.device.read_config(offset as usize, data);
         }
-        log::debug!("{}: read config {offset:#x} = {data:02x?}", self.label);
+        self.trace_config("config-read", offset, data);
     }
 
     /// A driver write of the device configuration at `offset`.
     pub fn write_config(&mut self, offset: u64, data: &[u8]) {
-        log::debug!("{}: write config {offset:#x} = {data:02x?}", self.label);
+        self.trace_config("config-write", offset, data);
         if self.config_access_allowed(offset, data.len(), true) {
             self.device.write_config(offset as usize, data);
+        }
+    }
+
+    fn trace_config(&self, kind: &str, offset: u64, data: &[u8]) {
+        if self.trace.wants(Detail::Access) {
+            let bytes: String = data.iter().map(|b| format!("{b:02x}")).collect();
+            let value = if self.device.config_is_random(offset as usize, data.len()) {
+                Value::Random(&bytes)
+            } else {
+                Value::S(&bytes)
+            };
+            self.trace.event(
+                Detail::Access,
+                kind,
+                &[("offset", Value::U(offset)), ("bytes", value)],
+                format_args!("{kind} {offset:#x} = {data:02x?}"),
+            );
         }
     }
 
@@ -998,11 +1163,23 @@ impl Core {
 
     /// DRIVER_OK: the device starts work.
     fn activate(&mut self, notify_base: u64) {
+        if self.version == Version::Legacy && self.trace.wants(Detail::Life) {
+            // A legacy driver has no FEATURES_OK: what it accepted stands.
+            let names = self.feature_names(self.driver_features);
+            self.trace.event(
+                Detail::Life,
+                "features-negotiated",
+                &[("features", Value::S(&names))],
+                format_args!("features negotiated: {names}"),
+            );
+        }
         self.start_queues(notify_base);
-        log::debug!(
-            "{}: DRIVER_OK, {} queue workers running",
-            self.label,
-            self.running.len()
+        let running = self.running.len();
+        self.trace.event(
+            Detail::Life,
+            "driver-ok",
+            &[("workers", Value::U(running as u64))],
+            format_args!("DRIVER_OK, {running} queue workers running"),
         );
     }
 
@@ -1102,6 +1279,7 @@ impl Core {
         if let Some(g) = &self.generation {
             queue.set_gate(Gate::new(g.clone(), index));
         }
+        queue.set_tracer(self.trace.clone());
         let kick = EventFd::new(libc::EFD_NONBLOCK)?;
         let reporter = self.reporter.clone();
         let violations: ViolationSink = Arc::new(move |v: Violation| reporter.raise(v));
@@ -1162,6 +1340,7 @@ impl Core {
     /// Stops the workers and returns to the state after power-on.
     fn reset(&mut self) {
         self.stop_workers();
+        self.offered_traced.store(false, Ordering::Relaxed);
         self.activated = false;
         self.idle.clear();
         self.device.reset();
@@ -1197,6 +1376,15 @@ impl Drop for Core {
 /// §4.1.3.1: 8-bit fields take 8-bit accesses, 16-bit fields aligned
 /// 16-bit ones, 32- and 64-bit fields aligned 32-bit ones. `rel` is the
 /// access's offset into the field, `field_len` the field's size.
+/// An MSI-X vector as a driver developer reads it.
+fn vector_name(v: u16) -> String {
+    if v == NO_VECTOR {
+        "none".into()
+    } else {
+        v.to_string()
+    }
+}
+
 fn natural_width(elem: u64, rel: u64, len: u64, field_len: u64) -> bool {
     let width = elem.clamp(1, 4);
     len == width && rel.is_multiple_of(width) && rel + len <= field_len

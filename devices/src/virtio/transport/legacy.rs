@@ -237,14 +237,14 @@ impl LegacyTransport {
             _ => 0,
         };
         data.copy_from_slice(&v.to_le_bytes()[..data.len()]);
-        log::debug!("{}: read {name} = {v:#x}", self.label());
+        self.core.trace_register(false, name, v.into());
     }
 
     fn write_header(&mut self, field: u64, name: &str, data: &[u8]) {
         let mut b = [0u8; 4];
         b[..data.len()].copy_from_slice(data);
         let v = u32::from_le_bytes(b);
-        log::debug!("{}: write {name} = {v:#x}", self.label());
+        self.core.trace_register(true, name, v.into());
         match field {
             reg::HOST_FEATURES | reg::QUEUE_NUM | reg::ISR => self.core.violate(
                 Rule::LegacyHeaderAccess,
@@ -414,11 +414,11 @@ fn spawn_relay(
 impl PciFunction for LegacyTransport {
     fn config_read(&mut self, offset: usize, data: &mut [u8]) {
         self.config.read(offset, data);
-        log::debug!("{}: config read {offset:#04x} = {data:02x?}", self.label());
+        self.core.trace_pci_config(false, offset, data);
     }
 
     fn config_write(&mut self, offset: usize, data: &[u8]) {
-        log::debug!("{}: config write {offset:#04x} = {data:02x?}", self.label());
+        self.core.trace_pci_config(true, offset, data);
         self.config.write(offset, data);
     }
 }

@@ -26,6 +26,7 @@ use crate::bus::lock;
 use crate::pci::config::{BarKind, ConfigSpace, Identity};
 use crate::pci::msix::{self, Msix, MsixChange};
 use crate::pci::root::PciFunction;
+use crate::trace::{Detail, Value};
 use crate::virtio::device::VirtioDevice;
 use crate::virtio::interrupt::Interrupt;
 use crate::virtio::rules::Rule;
@@ -318,14 +319,15 @@ impl ModernTransport {
         };
         let bytes = v.to_le_bytes();
         data.copy_from_slice(&bytes[..data.len()]);
-        log::debug!("{}: read {} = {v:#x}", self.label(), common::name(field));
+        self.core.trace_register(false, common::name(field), v);
     }
 
     fn write_common(&mut self, field: u64, data: &[u8]) {
         let mut b = [0u8; 4];
         b[..data.len()].copy_from_slice(data);
         let v = u32::from_le_bytes(b);
-        log::debug!("{}: write {} = {v:#x}", self.label(), common::name(field));
+        self.core
+            .trace_register(true, common::name(field), v.into());
         let queue_field = match field {
             common::QUEUE_SIZE => Some(QueueField::Size),
             common::QUEUE_MSIX_VECTOR => Some(QueueField::Vector),
@@ -488,7 +490,7 @@ impl PciFunction for ModernTransport {
             return self.pci_cfg_access(offset, data, false);
         }
         self.config.read(offset, data);
-        log::debug!("{}: config read {offset:#04x} = {data:02x?}", self.label());
+        self.core.trace_pci_config(false, offset, data);
     }
 
     fn config_write(&mut self, offset: usize, data: &[u8]) {
@@ -499,7 +501,7 @@ impl PciFunction for ModernTransport {
             bytes[..n].copy_from_slice(&data[..n]);
             return self.pci_cfg_access(offset, &mut bytes[..n], true);
         }
-        log::debug!("{}: config write {offset:#04x} = {data:02x?}", self.label());
+        self.core.trace_pci_config(true, offset, data);
         if self.touches_capability(offset, data.len()) {
             return self.violate(
                 Rule::CapabilityWrite,
@@ -515,14 +517,16 @@ impl PciFunction for ModernTransport {
         if offset <= mx + 3 && offset + data.len() > mx + 2 {
             let ctrl = self.config.u16(mx + 2);
             let changes = lock(&self.msix).set_control(ctrl);
-            log::debug!(
-                "{}: MSI-X {}",
-                self.label(),
-                if ctrl & msix::CTRL_ENABLE != 0 {
-                    "enabled"
-                } else {
-                    "disabled"
-                }
+            let on = if ctrl & msix::CTRL_ENABLE != 0 {
+                "enabled"
+            } else {
+                "disabled"
+            };
+            self.core.tracer().event(
+                Detail::Life,
+                "msix",
+                &[("state", Value::S(on))],
+                format_args!("MSI-X {on}"),
             );
             self.apply(changes);
         }

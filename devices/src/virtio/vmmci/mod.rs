@@ -35,6 +35,7 @@ use vmm_sys_util::timerfd::TimerFd;
 
 use crate::bus::lock;
 use crate::pci::config::Identity;
+use crate::trace::{Detail, Tracer, Value};
 use crate::virtio::device::{ConfigSignal, QueueHandler, VirtioDevice};
 
 /// The "virtio device id" Linux's driver matches (PCI subsystem id).
@@ -178,6 +179,22 @@ struct Shared {
     state: Mutex<State>,
     events: EventSink,
     settings: Settings,
+    /// The transport's tracer for this function, once it has one.
+    trace: std::sync::OnceLock<Tracer>,
+}
+
+impl Shared {
+    /// A command or an ack (`-vv`).
+    fn trace(&self, kind: &str, v: u32, text: std::fmt::Arguments) {
+        if let Some(t) = self.trace.get() {
+            t.event(
+                Detail::Request,
+                kind,
+                &[("command", Value::U(v.into()))],
+                text,
+            );
+        }
+    }
 }
 
 impl Shared {
@@ -262,6 +279,7 @@ impl Vmmci {
             }),
             events,
             settings,
+            trace: std::sync::OnceLock::new(),
         });
         Ok((
             Vmmci {
@@ -277,6 +295,8 @@ impl Vmmci {
 
     /// The guest wrote `v` to the command register.
     fn ack(&self, v: u32) {
+        self.shared
+            .trace("ack", v, format_args!("the guest acks command {v}"));
         let mut st = self.state();
         if let Some(s) = &st.signal {
             s.clear();
@@ -319,6 +339,16 @@ impl Vmmci {
 }
 
 impl VirtioDevice for Vmmci {
+    fn set_tracer(&mut self, trace: Tracer) {
+        let _ = self.shared.trace.set(trace);
+    }
+    fn feature_names(&self) -> &'static [(u32, &'static str)] {
+        &[
+            (0, "VMMCI_F_TIMESYNC"),
+            (1, "VMMCI_F_ACK"),
+            (2, "VMMCI_F_SYNCRTC"),
+        ]
+    }
     fn device_type(&self) -> u16 {
         DEVICE_TYPE
     }
@@ -436,6 +466,12 @@ impl VmmciControl {
             _ => {}
         }
         log::info!("vmmci: asking the guest for {request:?}");
+        let c = request.command();
+        self.shared.trace(
+            "command",
+            c,
+            format_args!("command {c} ({request:?}) to the guest"),
+        );
         st.command = request.command();
         st.ending = Some(Ending::Host {
             request,
