@@ -43,11 +43,20 @@ fn mem_total_kb(line: &str) -> u64 {
 
 /// ELF vmlinux + initramfs on the serial console, then `reboot -f` inside
 /// the guest: the launcher re-executes itself and the kernel boots again.
+/// Both boots go into one `--trace-file`: Linux sets virtio-blk and
+/// virtio-rng up the same way each time (the deterministic trace's setup
+/// events are equal).
 #[test]
 fn elf_vmlinux_boots_to_init_and_reboots_by_reexec() {
     let images = common::require_images();
     let kernel = images.join("vmlinux");
     let initrd = images.join("initramfs.cpio");
+    let dir = common::TempDir::new("linux-reboot");
+    let scratch = dir.path("scratch.img");
+    std::fs::File::create(&scratch)
+        .and_then(|f| f.set_len(1 << 20))
+        .expect("create the scratch disk");
+    let trace = dir.path("trace.jsonl");
     let mut g = Guest::start(&[
         "512",
         kernel.to_str().unwrap(),
@@ -57,6 +66,11 @@ fn elf_vmlinux_boots_to_init_and_reboots_by_reexec() {
         "launcher_test=elf",
         "finish=reboot",
         "--vmmci",
+        "--rng",
+        "--block",
+        scratch.to_str().unwrap(),
+        "--trace-file",
+        trace.to_str().unwrap(),
     ]);
     g.wait_for("GUEST-INIT", BOOT);
     let cpus = g.wait_for("GUEST-CPUS", BOOT);
@@ -79,6 +93,36 @@ fn elf_vmlinux_boots_to_init_and_reboots_by_reexec() {
     g.signal(libc::SIGTERM);
     let status = g.wait_exit(Duration::from_secs(30));
     assert_eq!(status.code(), Some(143), "{}", g.output());
+
+    let events = common::trace_events(&trace);
+    for device in ["virtio-blk", "virtio-rng"] {
+        // Up to DRIVER_OK: boot 1 then ends in the guest's reboot (which
+        // resets the device), boot 2 in SIGTERM (which does not).
+        let setup = |boot: u64| -> Vec<String> {
+            let mut v: Vec<String> = events
+                .iter()
+                .filter(|e| {
+                    e.boot == boot
+                        && e.device.starts_with(device)
+                        && common::SETUP_KINDS.contains(&e.kind.as_str())
+                })
+                .map(|e| format!("{} {}", e.kind, e.fields))
+                .collect();
+            if let Some(ok) = v.iter().position(|e| e.starts_with("driver-ok")) {
+                v.truncate(ok + 1);
+            }
+            v
+        };
+        let (first, second) = (setup(1), setup(2));
+        assert!(
+            first.iter().any(|e| e.starts_with("driver-ok")),
+            "{device}: Linux's driver came up in boot 1: {first:#?}"
+        );
+        assert_eq!(
+            first, second,
+            "{device}: the two boots set it up differently"
+        );
+    }
 }
 
 /// The small LZ4 bzImage through the 64-bit boot protocol, with two vCPUs

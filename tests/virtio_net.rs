@@ -32,9 +32,15 @@ const GIVEN_MAC: &str = "52:54:00:ab:cd:ef";
 
 /// Starts the launcher inside `ns` with `net` (a --tunnet value).
 fn start(ns: &NetNs, net: &str, scenario: &[&str]) -> Guest {
+    start_with(ns, &[], net, scenario)
+}
+
+/// [`start`] with launcher `flags` too.
+fn start_with(ns: &NetNs, flags: &[&str], net: &str, scenario: &[&str]) -> Guest {
     let elf = test_guest::path();
     let mut cmd = ns.launcher();
-    cmd.arg(format!("--tunnet={net}"))
+    cmd.args(flags)
+        .arg(format!("--tunnet={net}"))
         .arg(MEM_MB)
         .arg(elf)
         .args(scenario);
@@ -111,8 +117,10 @@ fn guest_frames_reach_the_tap() {
     // The MAC given on the command line is what the guest's driver reads
     // from the device and sends from: not whatever the guest happened to
     // read (which would make the check circular).
-    let mut g = start(
+    // -vv: each frame is also decoded on stderr.
+    let mut g = start_with(
         &ns,
+        &["-vv", "--trace", "virtio-net"],
         &format!("tap:{TAP}:{GIVEN_MAC}"),
         &["scenario=virtio-net-tx", &count],
     );
@@ -122,6 +130,19 @@ fn guest_frames_reach_the_tap() {
     assert_clean_exit(&mut g);
     let frames = cap.join().unwrap();
     check_tx_frames(&frames, mac, &g.output());
+    let decoded: Vec<String> = g
+        .stderr()
+        .lines()
+        .filter(|l| l.contains("virtio-net 00:02.0: tx "))
+        .map(String::from)
+        .collect();
+    assert_eq!(decoded.len(), FRAMES, "decoded frames: {decoded:#?}");
+    for (d, f) in decoded.iter().zip(&frames) {
+        assert!(
+            d.ends_with(&format!("tx {} bytes, gso none, csum none", f.len())),
+            "{d}"
+        );
+    }
     eprintln!("virtio-net-tx: {:?}", t.elapsed());
 }
 
@@ -155,8 +176,9 @@ fn tap_frames_reach_the_guest() {
     let t = Instant::now();
     let ns = NetNs::with_tap(TAP);
     let count = format!("count={FRAMES}");
-    let mut g = start(
+    let mut g = start_with(
         &ns,
+        &["-vv", "--trace", "virtio-net"],
         &format!("tap:{TAP}"),
         &["scenario=virtio-net-rx", &count],
     );
@@ -167,6 +189,16 @@ fn tap_frames_reach_the_guest() {
     send_into_tap(&ns, TAP.into(), mac, payloads[..FRAMES / 2].to_vec());
     send_into_tap(&ns, TAP.into(), [0xff; 6], payloads[FRAMES / 2..].to_vec());
     check_rx(&mut g, &payloads);
+    let decoded = g
+        .stderr()
+        .lines()
+        .filter(|l| l.contains("virtio-net 00:02.0: rx ") && l.ends_with("bytes in 1 buffer(s)"))
+        .count();
+    assert!(
+        decoded >= FRAMES,
+        "{decoded} decoded frames:\n{}",
+        g.stderr()
+    );
     eprintln!("virtio-net-rx: {:?}", t.elapsed());
 }
 

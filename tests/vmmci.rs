@@ -50,13 +50,30 @@ fn wait_ready(g: &mut Guest) {
 
 #[test]
 fn openbsd_style_driver_shuts_down_on_sigterm() {
-    let mut g = start(&["--vmmci", "scenario=vmmci-openbsd"]);
+    // -vv: vmmci's commands and acks are traced too.
+    let mut g = start(&[
+        "-vv",
+        "--trace",
+        "vmmci",
+        "--vmmci",
+        "scenario=vmmci-openbsd",
+    ]);
     wait_ready(&mut g);
     g.signal(libc::SIGTERM);
     g.wait_for("GUEST-VMMCI command=1", TIMEOUT);
     g.wait_for("GUEST-VMMCI acked", TIMEOUT);
     let status = g.wait_exit(TIMEOUT);
     assert_eq!(status.code(), Some(0), "{}", g.output());
+    let stderr = g.stderr();
+    assert!(
+        stderr.contains(": command 1 (Shutdown) to the guest"),
+        "{stderr}"
+    );
+    assert!(stderr.contains(": the guest acks command 1"), "{stderr}");
+    assert!(
+        stderr.contains("features negotiated: VMMCI_F_TIMESYNC|VMMCI_F_ACK|VMMCI_F_SYNCRTC"),
+        "{stderr}"
+    );
     assert!(!g.output().contains("GUEST-PANIC"), "{}", g.output());
 }
 

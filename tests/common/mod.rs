@@ -615,3 +615,47 @@ pub fn rule(name: &str) -> devices::virtio::Rule {
 pub fn rule_label(name: &str) -> String {
     rule(name).label()
 }
+
+/// One line of a `--trace-file` (docs/tracing.md).
+#[derive(Debug, Clone, PartialEq)]
+pub struct TraceEvent {
+    pub boot: u64,
+    pub device: String,
+    pub kind: String,
+    pub fields: serde_json::Value,
+}
+
+/// Every event in trace file `path`; panics on a line that is not one.
+pub fn trace_events(path: &Path) -> Vec<TraceEvent> {
+    let text = std::fs::read_to_string(path)
+        .unwrap_or_else(|e| panic!("trace file {}: {e}", path.display()));
+    text.lines()
+        .map(|l| {
+            let v: serde_json::Value =
+                serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}"));
+            assert_eq!(v["schema"], 1, "{l}");
+            TraceEvent {
+                boot: v["boot"].as_u64().expect("boot"),
+                device: v["device"].as_str().expect("device").to_string(),
+                kind: v["kind"].as_str().expect("kind").to_string(),
+                fields: v["fields"].clone(),
+            }
+        })
+        .collect()
+}
+
+/// The kinds of event that set a device up (what two boots of one
+/// configuration must agree on, whatever the guest does later).
+pub const SETUP_KINDS: &[&str] = &[
+    "reset",
+    "status",
+    "features-offered",
+    "features-accepted",
+    "features-negotiated",
+    "queue",
+    "queue-disabled",
+    "vector",
+    "config-vector",
+    "msix",
+    "driver-ok",
+];
