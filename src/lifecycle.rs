@@ -21,7 +21,7 @@ use devices::virtio::vmmci::{Outcome, Request, VmmciControl};
 use devices::VmRequest;
 use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
 
-use crate::terminal;
+use crate::{carry, terminal};
 
 /// Exit codes, as documented in README.md and `launcher --help`.
 pub mod code {
@@ -257,38 +257,6 @@ fn sync_disks() {
     }
 }
 
-/// The environment variable naming the trace file's descriptor across a
-/// reboot's re-exec.
-const TRACE_FD_VAR: &str = "LAUNCHER_TRACE_FD";
-
-/// The trace file, kept open across a reboot's re-exec.
-static TRACE_FILE: Mutex<Option<std::fs::File>> = Mutex::new(None);
-
-/// Keeps `file` (the trace file) open into the next boot.
-pub fn carry_trace_file(file: std::fs::File) {
-    *TRACE_FILE.lock().unwrap_or_else(|e| e.into_inner()) = Some(file);
-}
-
-/// The trace file the previous boot carried over, if this is a reboot
-/// with one.
-pub fn carried_trace_file() -> Option<std::fs::File> {
-    let fd: i32 = std::env::var(TRACE_FD_VAR).ok()?.parse().ok()?;
-    // Only a descriptor that is open and a regular file: the variable
-    // may come from a user's environment rather than our own re-exec.
-    // SAFETY: fstat writes into a zeroed stat of the right type.
-    let mut st: libc::stat = unsafe { std::mem::zeroed() };
-    // SAFETY: fstat on any integer is safe; it fails for a closed fd.
-    if fd <= 2
-        || unsafe { libc::fstat(fd, &mut st) } != 0
-        || st.st_mode & libc::S_IFMT != libc::S_IFREG
-    {
-        return None;
-    }
-    // SAFETY: the previous boot left this descriptor open for us and
-    // nothing else in this process owns it.
-    Some(unsafe { std::fs::File::from_raw_fd(fd) })
-}
-
 /// The consoles' output, drained on the way out ([`drain_console`]).
 static OUTPUT: Mutex<Option<devices::output::Output>> = Mutex::new(None);
 
@@ -454,10 +422,10 @@ fn mark_cloexec_one_by_one() {
 /// `KEY=value` strings for the next boot: this process's environment with
 /// [`BOOT_COUNT_VAR`] set to `boot`. Built here rather than with
 /// `std::env::set_var`, which is unsound while other threads (vCPUs) run.
-fn next_environment(boot: u32, trace_fd: Option<i32>) -> Vec<CString> {
+fn next_environment(boot: u32, carried: &str) -> Vec<CString> {
     let mut env: Vec<CString> = std::env::vars_os()
         .filter(|(k, _)| {
-            k.as_bytes() != BOOT_COUNT_VAR.as_bytes() && k.as_bytes() != TRACE_FD_VAR.as_bytes()
+            k.as_bytes() != BOOT_COUNT_VAR.as_bytes() && k.as_bytes() != carry::VAR.as_bytes()
         })
         .filter_map(|(k, v)| {
             let mut kv = k.as_bytes().to_vec();
@@ -469,8 +437,8 @@ fn next_environment(boot: u32, trace_fd: Option<i32>) -> Vec<CString> {
     if let Ok(var) = CString::new(format!("{BOOT_COUNT_VAR}={boot}")) {
         env.push(var);
     }
-    if let Some(fd) = trace_fd {
-        if let Ok(var) = CString::new(format!("{TRACE_FD_VAR}={fd}")) {
+    if !carried.is_empty() {
+        if let Ok(var) = CString::new(format!("{}={carried}", carry::VAR)) {
             env.push(var);
         }
     }
@@ -489,12 +457,8 @@ fn reexec(argv: &[OsString], boot: u32) -> std::io::Error {
     };
     let mut ptrs: Vec<*const libc::c_char> = args.iter().map(|a| a.as_ptr()).collect();
     ptrs.push(std::ptr::null());
-    let trace_fd = TRACE_FILE
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .as_ref()
-        .map(|f| f.as_raw_fd());
-    let env = next_environment(boot, trace_fd);
+    let (kept, carried) = carry::for_exec();
+    let env = next_environment(boot, &carried);
     let mut envp: Vec<*const libc::c_char> = env.iter().map(|a| a.as_ptr()).collect();
     envp.push(std::ptr::null());
     // SAFETY: close_range only flags descriptors; sigprocmask restores the
@@ -510,8 +474,8 @@ fn reexec(argv: &[OsString], boot: u32) -> std::io::Error {
         {
             mark_cloexec_one_by_one();
         }
-        // The trace file stays open: the next boot appends to it.
-        if let Some(fd) = trace_fd {
+        // What `carry` keeps stays open (disk locks, the trace file).
+        for &fd in &kept {
             libc::fcntl(fd, libc::F_SETFD, 0);
         }
         let mut empty: libc::sigset_t = std::mem::zeroed();
@@ -605,13 +569,16 @@ mod tests {
 
     #[test]
     fn the_next_boot_gets_its_number_once() {
-        let env = next_environment(7, Some(9));
-        let trace: Vec<_> = env
+        let env = next_environment(7, "trace=9");
+        let kept: Vec<_> = env
             .iter()
-            .filter(|kv| kv.as_bytes().starts_with(TRACE_FD_VAR.as_bytes()))
+            .filter(|kv| kv.as_bytes().starts_with(carry::VAR.as_bytes()))
             .collect();
-        assert_eq!(trace.len(), 1);
-        assert_eq!(trace[0].as_bytes(), format!("{TRACE_FD_VAR}=9").as_bytes());
+        assert_eq!(kept.len(), 1);
+        assert_eq!(
+            kept[0].as_bytes(),
+            format!("{}=trace=9", carry::VAR).as_bytes()
+        );
         let counts: Vec<_> = env
             .iter()
             .filter(|kv| {

@@ -6,6 +6,7 @@
 //! request says ([`lifecycle`]): exit with a documented code, or re-exec
 //! to reboot.
 
+mod carry;
 mod cli;
 mod control;
 mod error;
@@ -99,13 +100,12 @@ fn main() {
 /// RUST_LOG overrides.
 /// Sets up `devices::trace` from `--trace`, `--trace-file` and `-v`. The
 /// trace file is opened (and emptied) by the first boot only; a reboot's
-/// re-exec carries it over (see `lifecycle::carry_trace_file`) and the
-/// next boot appends.
+/// re-exec carries it over (`carry`) and the next boot appends.
 fn init_tracing(cli: &cli::Cli) -> Result<(), String> {
     let file = match &cli.trace_file {
         None => None,
         Some(path) => {
-            let file = match lifecycle::carried_trace_file() {
+            let file = match carry::take("trace", path) {
                 Some(f) => f,
                 None => std::fs::File::create(path)
                     .map_err(|e| format!("cannot create the trace file {}: {e}", path.display()))?,
@@ -113,7 +113,7 @@ fn init_tracing(cli: &cli::Cli) -> Result<(), String> {
             let copy = file
                 .try_clone()
                 .map_err(|e| format!("trace file {}: {e}", path.display()))?;
-            lifecycle::carry_trace_file(copy);
+            carry::keep("trace", copy.into());
             Some(devices::trace::FileSettings {
                 file,
                 everything: cli.trace_everything,

@@ -197,12 +197,22 @@ impl Vm {
         if config.vmd && config.rng {
             devices.push(Box::new(Rng));
         }
-        for b in &config.blocks {
-            let disk = Block::open(BlockConfig {
-                path: b.path.clone(),
-                read_only: b.read_only,
-                serial: b.serial.clone(),
-            })?;
+        for (i, b) in config.blocks.iter().enumerate() {
+            // After a reboot, the same open file and its lock (see `carry`).
+            let name = format!("disk{i}");
+            let disk = Block::open_carried(
+                BlockConfig {
+                    path: b.path.clone(),
+                    read_only: b.read_only,
+                    serial: b.serial.clone(),
+                },
+                crate::carry::take(&name, &b.path),
+            )?;
+            let kept = disk.sync_handle().map_err(Error::io(format!(
+                "keep {} open (and locked) across a reboot",
+                b.path.display()
+            )))?;
+            crate::carry::keep(&name, kept.into());
             log::debug!(
                 "block: {} ({} sectors{})",
                 b.path.display(),

@@ -7,7 +7,6 @@
 //! Everything is written to the fixed low addresses in [`crate::layout`];
 //! the kernel finds it all from the zero page address in RSI.
 
-use std::fs::File;
 use std::io;
 use std::path::Path;
 
@@ -111,7 +110,7 @@ pub fn load_initrd(
         path: path.to_path_buf(),
         source,
     };
-    let mut file = File::open(path).map_err(read_err)?;
+    let mut file = crate::open_regular(path).map_err(read_err)?;
     let size = file.metadata().map_err(read_err)?.len();
     if size == 0 {
         return Err(Error::InitrdEmpty {

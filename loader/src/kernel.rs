@@ -88,7 +88,7 @@ pub fn load_kernel(mem: &GuestMemory, layout: &MemoryLayout, path: &Path) -> Res
         path: path.to_path_buf(),
         source,
     };
-    let mut file = File::open(path).map_err(read_err)?;
+    let mut file = crate::open_regular(path).map_err(read_err)?;
     let len = file.metadata().map_err(read_err)?.len();
     let mut head = Vec::new();
     (&mut file)

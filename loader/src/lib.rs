@@ -21,6 +21,35 @@ mod tests;
 mod testutil;
 
 pub use error::{Error, Result};
+
+/// Opens `path` for reading if it is a regular file. A FIFO would hang
+/// `open` (no writer) or feed a stream of unknown length, a character
+/// device an endless one: refused with what it is, without blocking.
+pub(crate) fn open_regular(path: &Path) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)?;
+    let t = file.metadata()?.file_type();
+    let what = if t.is_file() {
+        return Ok(file);
+    } else if t.is_fifo() {
+        "a FIFO"
+    } else if t.is_char_device() {
+        "a character device"
+    } else if t.is_block_device() {
+        "a block device"
+    } else if t.is_socket() {
+        "a socket"
+    } else {
+        "a directory"
+    };
+    Err(std::io::Error::new(
+        std::io::ErrorKind::InvalidInput,
+        format!("it is {what}, not a regular file"),
+    ))
+}
 pub use vm_memory::GuestMemoryMmap as GuestMemory;
 
 use std::path::Path;

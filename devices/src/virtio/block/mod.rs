@@ -16,6 +16,7 @@ mod handler;
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Seek, SeekFrom};
+use std::os::fd::AsRawFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -141,6 +142,18 @@ pub enum BlockError {
     Directory { path: PathBuf },
     #[error("disk image {}: cannot find its size: {source}", path.display())]
     Size { path: PathBuf, source: io::Error },
+    /// A FIFO, socket or character device: `open` could hang, reads never end.
+    #[error("disk image {}: is {what}, not a regular file or block device", path.display())]
+    NotADisk { path: PathBuf, what: &'static str },
+    /// Another process (or this launcher, given the image twice) holds it.
+    #[error(
+        "disk image {}: is in use by another process{} (it holds a lock on it)",
+        path.display(),
+        if *read_only { " for writing" } else { "" }
+    )]
+    InUse { path: PathBuf, read_only: bool },
+    #[error("disk image {}: cannot lock it: {source}", path.display())]
+    Lock { path: PathBuf, source: io::Error },
 }
 
 /// A virtio-blk device over one open backing file.
@@ -153,8 +166,25 @@ impl Block {
     /// Opens the backing file (read-write unless `read_only`) and sizes the
     /// disk from its length, rounded down to whole sectors.
     pub fn open(cfg: BlockConfig) -> Result<Block, BlockError> {
+        Self::open_carried(cfg, None)
+    }
+
+    /// [`Block::open`], or over `carried`: the descriptor (and its lock)
+    /// the previous boot kept for this disk across a reboot's re-exec.
+    ///
+    /// A read-write disk is locked exclusively and a read-only one shared
+    /// (`flock`, held by the open file, so kept across the re-exec), as
+    /// QEMU does: two launchers writing one image would corrupt it.
+    pub fn open_carried(cfg: BlockConfig, carried: Option<File>) -> Result<Block, BlockError> {
         let path = cfg.path;
-        let file = open_file(&path, cfg.read_only)?;
+        let file = match carried {
+            Some(f) => f,
+            None => {
+                let f = open_file(&path, cfg.read_only)?;
+                lock(&f, &path, cfg.read_only)?;
+                f
+            }
+        };
         let bytes = disk_bytes(&file, &path)?;
         if bytes % SECTOR_SIZE != 0 {
             log::warn!(
@@ -204,11 +234,59 @@ impl Block {
     }
 }
 
+/// Locks the image: exclusive for writing, shared for reading.
+fn lock(file: &File, path: &Path, read_only: bool) -> Result<(), BlockError> {
+    let how = if read_only {
+        libc::LOCK_SH
+    } else {
+        libc::LOCK_EX
+    };
+    // SAFETY: flock on a descriptor we own; it only takes a lock.
+    if unsafe { libc::flock(file.as_raw_fd(), how | libc::LOCK_NB) } == 0 {
+        return Ok(());
+    }
+    let e = io::Error::last_os_error();
+    if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
+        return Err(BlockError::InUse {
+            path: path.to_path_buf(),
+            read_only,
+        });
+    }
+    Err(BlockError::Lock {
+        path: path.to_path_buf(),
+        source: e,
+    })
+}
+
+/// What a disk cannot be, named; `None` for a regular file or block device.
+fn not_a_disk(file: &File) -> Option<&'static str> {
+    use std::os::unix::fs::FileTypeExt;
+    let t = file.metadata().ok()?.file_type();
+    if t.is_fifo() {
+        Some("a FIFO")
+    } else if t.is_socket() {
+        Some("a socket")
+    } else if t.is_char_device() {
+        Some("a character device")
+    } else {
+        None
+    }
+}
+
 /// Opens the backing file; when read-write fails but read-only works, says
-/// so, since attaching the disk read-only is then the likely fix.
+/// so, since attaching the disk read-only is then the likely fix. Opened
+/// non-blocking, so a FIFO without a writer is refused instead of hanging
+/// `open`.
 fn open_file(path: &Path, read_only: bool) -> Result<File, BlockError> {
-    let open = |write| OpenOptions::new().read(true).write(write).open(path);
-    match open(!read_only) {
+    use std::os::unix::fs::OpenOptionsExt;
+    let open = |write| {
+        OpenOptions::new()
+            .read(true)
+            .write(write)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(path)
+    };
+    let file = match open(!read_only) {
         Ok(file) => Ok(file),
         // Opening a directory read-write fails with EISDIR; say it plainly.
         Err(_) if path.is_dir() => Err(BlockError::Directory {
@@ -222,7 +300,23 @@ fn open_file(path: &Path, read_only: bool) -> Result<File, BlockError> {
             path: path.to_path_buf(),
             source,
         }),
+    }?;
+    if let Some(what) = not_a_disk(&file) {
+        return Err(BlockError::NotADisk {
+            path: path.to_path_buf(),
+            what,
+        });
     }
+    // Regular files and block devices ignore O_NONBLOCK; cleared anyway
+    // so that every read and write blocks as the handler expects.
+    // SAFETY: F_SETFL on a descriptor we own, with flags we just read.
+    unsafe {
+        let fl = libc::fcntl(file.as_raw_fd(), libc::F_GETFL);
+        if fl >= 0 {
+            libc::fcntl(file.as_raw_fd(), libc::F_SETFL, fl & !libc::O_NONBLOCK);
+        }
+    }
+    Ok(file)
 }
 
 /// The backing file's length; seeking to the end also sizes block devices,
