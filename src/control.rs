@@ -7,8 +7,12 @@
 //! | `reboot` | as SIGHUP | `ok: …` |
 //! | `status` | nothing | `running boot=N vmmci=up|down|absent` |
 //!
-//! The socket file is created at start (an existing socket file is
-//! replaced, any other file is an error) and removed again on exit.
+//! The socket file is created at start with mode 0600 (a stale socket
+//! file is replaced; one another launcher answers on, or any other file,
+//! is an error) and removed again on exit. Clients that are neither the
+//! launcher's user nor root (SO_PEERCRED) are refused, should the file's
+//! mode have been opened up. An accept error (out of descriptors) rests
+//! the listener for 100 ms instead of letting it spin the loop.
 //!
 //! [`ControlServer`] serves it as a subscriber of the launcher's event loop
 //! on the main thread, so nothing here may block: the listener and every
@@ -23,7 +27,7 @@
 use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, RawFd};
-use std::os::unix::fs::FileTypeExt;
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::Path;
 
@@ -43,16 +47,22 @@ pub const MAX_CLIENTS: usize = 16;
 const READ_CHUNK: usize = 4096;
 
 /// Binds `path`; the listener is served by a [`ControlServer`].
+///
+/// A stale socket file (nobody answers on it) is replaced; one another
+/// launcher still answers on is not: that launcher's scripts would lose
+/// it. The socket is made mode 0600 (its owner only), and
+/// [`ControlServer`] also refuses peers that are neither its user nor root.
 pub fn bind(path: &Path) -> Result<UnixListener> {
     if let Ok(meta) = std::fs::symlink_metadata(path) {
+        let exists = |why: &str| Error::Io {
+            what: format!("use {} as the control socket: {why}", path.display()),
+            source: std::io::Error::from(std::io::ErrorKind::AlreadyExists),
+        };
         if !meta.file_type().is_socket() {
-            return Err(Error::Io {
-                what: format!(
-                    "use {} as the control socket: it exists and is not a socket",
-                    path.display()
-                ),
-                source: std::io::Error::from(std::io::ErrorKind::AlreadyExists),
-            });
+            return Err(exists("it exists and is not a socket"));
+        }
+        if UnixStream::connect(path).is_ok() {
+            return Err(exists("another running launcher answers on it"));
         }
         let _ = std::fs::remove_file(path);
     }
@@ -61,6 +71,9 @@ pub fn bind(path: &Path) -> Result<UnixListener> {
         path.display()
     )))?;
     remove_on_exit(path.to_path_buf());
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(Error::io(
+        format!("make the control socket {} private", path.display()),
+    ))?;
     listener
         .set_nonblocking(true)
         .map_err(Error::io("make the control socket non-blocking"))?;
@@ -161,9 +174,17 @@ struct Client {
     last_active: u64,
 }
 
+/// How long the listener rests after an accept error (out of descriptors,
+/// say), so a listener that stays readable cannot spin the loop.
+const ACCEPT_BACKOFF: std::time::Duration = std::time::Duration::from_millis(100);
+
 /// The control socket's event-loop subscriber.
 pub struct ControlServer {
     listener: UnixListener,
+    /// Brings the listener back after [`ACCEPT_BACKOFF`].
+    backoff: Option<vmm_sys_util::timerfd::TimerFd>,
+    /// The listener is out of the loop, waiting for `backoff`.
+    resting: bool,
     clients: HashMap<RawFd, Client>,
     control: VmControl,
     vmmci: Option<VmmciControl>,
@@ -180,8 +201,15 @@ enum Verdict {
 impl ControlServer {
     /// Serves `listener` (from [`bind`]) for the life of the VM.
     pub fn new(listener: UnixListener, control: VmControl, vmmci: Option<VmmciControl>) -> Self {
+        let backoff = devices::virtio::vmmci::nonblocking_timer()
+            .map_err(|e| {
+                log::warn!("control: no back-off timer ({e}); accept errors are only logged")
+            })
+            .ok();
         Self {
             listener,
+            backoff,
+            resting: false,
             clients: HashMap::new(),
             control,
             vmmci,
@@ -197,16 +225,76 @@ impl ControlServer {
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
                 Err(e) => {
-                    log::debug!("control: accept: {e}");
+                    devices::guestlog::warn(
+                        "control socket accept",
+                        format_args!("control socket: cannot accept a client ({e}); resting {ACCEPT_BACKOFF:?}"),
+                    );
+                    self.rest(ops);
                     return;
                 }
             }
         }
     }
 
-    fn add(&mut self, stream: UnixStream, ops: &mut EventOps) {
+    /// Takes the listener out of the loop for [`ACCEPT_BACKOFF`].
+    fn rest(&mut self, ops: &mut EventOps) {
+        let Some(timer) = self.backoff.as_mut() else {
+            return;
+        };
+        if timer.reset(ACCEPT_BACKOFF, None).is_ok()
+            && ops
+                .remove(Events::new(&self.listener, EventSet::IN))
+                .is_ok()
+        {
+            self.resting = true;
+        }
+    }
+
+    /// The back-off is over: the listener is watched again.
+    fn wake(&mut self, ops: &mut EventOps) {
+        if let Some(t) = self.backoff.as_mut() {
+            let _ = t.wait();
+        }
+        if self.resting && ops.add(Events::new(&self.listener, EventSet::IN)).is_ok() {
+            self.resting = false;
+        }
+    }
+
+    /// Whether the peer on `stream` may command this launcher: its own
+    /// user or root (SO_PEERCRED).
+    fn allowed(stream: &UnixStream) -> bool {
+        let mut cred = libc::ucred {
+            pid: 0,
+            uid: u32::MAX,
+            gid: u32::MAX,
+        };
+        let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+        // SAFETY: getsockopt writes at most `len` bytes into `cred`.
+        let r = unsafe {
+            libc::getsockopt(
+                stream.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_PEERCRED,
+                (&mut cred as *mut libc::ucred).cast(),
+                &mut len,
+            )
+        };
+        // SAFETY: geteuid has no failure mode.
+        let me = unsafe { libc::geteuid() };
+        r == 0 && (cred.uid == me || cred.uid == 0)
+    }
+
+    fn add(&mut self, mut stream: UnixStream, ops: &mut EventOps) {
         if let Err(e) = stream.set_nonblocking(true) {
             log::debug!("control: {e}");
+            return;
+        }
+        if !Self::allowed(&stream) {
+            let _ = send(&mut stream, "error: permission denied");
+            devices::guestlog::warn(
+                "control socket peer refused",
+                "control socket: refused a client that is neither this launcher's user nor root",
+            );
             return;
         }
         if self.clients.len() >= MAX_CLIENTS {
@@ -302,6 +390,8 @@ impl MutEventSubscriber for ControlServer {
         let fd = events.fd();
         if fd == self.listener.as_raw_fd() {
             self.accept(ops);
+        } else if self.backoff.as_ref().is_some_and(|t| t.as_raw_fd() == fd) {
+            self.wake(ops);
         } else if let Verdict::Close(why) = self.serve(fd) {
             self.close(fd, ops, why);
         }
@@ -310,6 +400,12 @@ impl MutEventSubscriber for ControlServer {
     fn init(&mut self, ops: &mut EventOps) {
         if let Err(e) = ops.add(Events::new(&self.listener, EventSet::IN)) {
             log::error!("control: cannot watch the socket: {e}");
+        }
+        if let Some(t) = &self.backoff {
+            if let Err(e) = ops.add(Events::new(t, EventSet::IN)) {
+                log::warn!("control: cannot watch the back-off timer: {e}");
+                self.backoff = None;
+            }
         }
     }
 }

@@ -91,3 +91,112 @@ fn control_socket_reports_status_reboots_and_shuts_down() {
     assert_eq!(g.wait_exit(TIMEOUT).code(), Some(143), "{}", g.output());
     assert!(!sock.exists(), "the socket file is removed on exit");
 }
+
+/// `cmd` on the control socket as user `uid` (a forked child that drops
+/// to it), returning the reply.
+fn command_as(uid: libc::uid_t, path: &std::path::Path, cmd: &str) -> String {
+    use std::os::unix::ffi::OsStrExt;
+    // SAFETY: an all-zero sockaddr_un is valid.
+    let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+    addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
+    for (d, s) in addr.sun_path.iter_mut().zip(path.as_os_str().as_bytes()) {
+        *d = *s as libc::c_char;
+    }
+    let line = format!("{cmd}\n");
+    let mut pipe = [0; 2];
+    // SAFETY: pipe writes two descriptors into the array.
+    assert_eq!(unsafe { libc::pipe(pipe.as_mut_ptr()) }, 0);
+    // SAFETY: the child makes only async-signal-safe calls (setuid,
+    // socket, connect, read, write, _exit) on memory prepared before.
+    let pid = unsafe { libc::fork() };
+    if pid == 0 {
+        // SAFETY: as above.
+        unsafe {
+            let mut buf = [0u8; 128];
+            let mut n = 0;
+            if libc::setgid(uid) == 0 && libc::setuid(uid) == 0 {
+                let s = libc::socket(libc::AF_UNIX, libc::SOCK_STREAM, 0);
+                let len = std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t;
+                if libc::connect(s, (&addr as *const libc::sockaddr_un).cast(), len) == 0 {
+                    libc::write(s, line.as_ptr().cast(), line.len());
+                    let r = libc::read(s, buf.as_mut_ptr().cast(), buf.len());
+                    n = r.max(0) as usize;
+                } else {
+                    let msg = b"connect refused\n";
+                    buf[..msg.len()].copy_from_slice(msg);
+                    n = msg.len();
+                }
+            }
+            libc::write(pipe[1], buf.as_ptr().cast(), n);
+            libc::_exit(0);
+        }
+    }
+    // SAFETY: the parent closes its copy of the write end, waits for the
+    // child and reads what it wrote.
+    unsafe {
+        libc::close(pipe[1]);
+        let mut status = 0;
+        libc::waitpid(pid, &mut status, 0);
+        let mut buf = [0u8; 128];
+        let n = libc::read(pipe[0], buf.as_mut_ptr().cast(), buf.len());
+        libc::close(pipe[0]);
+        String::from_utf8_lossy(&buf[..n.max(0) as usize])
+            .trim()
+            .to_string()
+    }
+}
+
+#[test]
+fn the_control_socket_is_private_and_not_stolen() {
+    use std::io::{BufRead, BufReader, Write};
+    use std::os::unix::fs::PermissionsExt;
+    let dir = common::TempDir::new("control-private");
+    let sock = dir.path("ctl.sock");
+    let path = sock.to_str().unwrap();
+    let mut g = waiting_guest(&["--control", path]);
+    assert_eq!(command(&sock, "status"), "running boot=1 vmmci=absent");
+    let mode = std::fs::metadata(&sock).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "socket mode {mode:o}");
+
+    // A second launcher does not take a socket someone answers on.
+    let elf = test_guest::path();
+    let mut h = Guest::start(&["16", elf.to_str().unwrap(), "--control", path]);
+    assert_eq!(h.wait_exit(TIMEOUT).code(), Some(1), "{}", h.output());
+    assert!(
+        h.stderr()
+            .contains("another running launcher answers on it"),
+        "{}",
+        h.stderr()
+    );
+    assert_eq!(command(&sock, "status"), "running boot=1 vmmci=absent");
+
+    // An over-long line is refused.
+    let mut s = std::os::unix::net::UnixStream::connect(&sock).unwrap();
+    // (The launcher answers and closes before any newline.)
+    s.write_all(&[b'x'; 300]).unwrap();
+    let mut reply = String::new();
+    BufReader::new(s).read_line(&mut reply).unwrap();
+    assert_eq!(reply.trim(), "error: line longer than 256 bytes");
+
+    // Another user: not even the file lets them in; with the mode opened
+    // up, the launcher itself refuses them.
+    assert_eq!(command_as(65534, &sock, "status"), "connect refused");
+    std::fs::set_permissions(&sock, std::fs::Permissions::from_mode(0o666)).unwrap();
+    // (The test directory is made by root with its umask; let others in.)
+    std::fs::set_permissions(&dir.0, std::fs::Permissions::from_mode(0o755)).unwrap();
+    assert_eq!(
+        command_as(65534, &sock, "status"),
+        "error: permission denied"
+    );
+    assert_eq!(command(&sock, "status"), "running boot=1 vmmci=absent");
+    g.signal(libc::SIGTERM);
+    assert_eq!(g.wait_exit(TIMEOUT).code(), Some(143), "{}", g.output());
+
+    // A stale socket file (nobody answers) is replaced.
+    drop(std::os::unix::net::UnixListener::bind(&sock).unwrap());
+    assert!(sock.exists());
+    let mut g = waiting_guest(&["--control", path]);
+    assert_eq!(command(&sock, "status"), "running boot=1 vmmci=absent");
+    g.signal(libc::SIGTERM);
+    assert_eq!(g.wait_exit(TIMEOUT).code(), Some(143), "{}", g.output());
+}

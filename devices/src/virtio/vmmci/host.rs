@@ -23,8 +23,9 @@ use super::{ClockWatch, Shared, VmmciControl, VmmciEvent};
 /// How often [`ClockWatcher`] compares the clocks.
 pub const CLOCK_WATCH_PERIOD: Duration = Duration::from_secs(1);
 
-/// A CLOCK_MONOTONIC timerfd whose reads never block.
-pub(super) fn nonblocking_timer() -> std::io::Result<TimerFd> {
+/// A CLOCK_MONOTONIC timerfd whose reads never block (for event-loop
+/// subscribers: vmmci's, the control socket's back-off).
+pub fn nonblocking_timer() -> std::io::Result<TimerFd> {
     let timer = TimerFd::new().map_err(std::io::Error::from)?;
     // SAFETY: F_GETFL/F_SETFL on a descriptor we own change only its
     // status flags.

@@ -569,6 +569,7 @@ impl Default for ClockWatch {
 }
 
 mod host;
+pub use host::nonblocking_timer;
 
 pub use host::{ClockWatcher, VmmciTimer};
 
