@@ -416,12 +416,12 @@ impl BlockQueue {
             VIRTIO_BLK_T_DISCARD => Some(VIRTIO_BLK_F_DISCARD),
             VIRTIO_BLK_T_WRITE_ZEROES => Some(VIRTIO_BLK_F_WRITE_ZEROES),
             _ => {
-                log::debug!("virtio-blk: {}: unsupported", req.describe());
+                log::trace!("virtio-blk: {}: unsupported", req.describe());
                 return Ok(Outcome::status(S_UNSUPP));
             }
         };
         if needs.is_some_and(|bit| !self.negotiated(bit)) {
-            log::debug!(
+            log::trace!(
                 "virtio-blk: {}: its feature was not negotiated",
                 req.describe()
             );
@@ -441,7 +441,7 @@ impl BlockQueue {
         if !self.disk.read_only {
             return None;
         }
-        log::debug!("virtio-blk: {}: the disk is read-only", req.describe());
+        log::trace!("virtio-blk: {}: the disk is read-only", req.describe());
         Some(Outcome::status(S_IOERR))
     }
 
@@ -530,7 +530,7 @@ impl BlockQueue {
             // An empty transfer past the end reads or writes nothing:
             // refused, but no rule names it.
             if len == 0 {
-                log::debug!("virtio-blk: {beyond}");
+                log::trace!("virtio-blk: {beyond}");
                 return Ok(Outcome::status(S_IOERR));
             }
             return Ok(Outcome::refused(S_IOERR, Rule::BlkBeyondCapacity, beyond));
@@ -649,7 +649,7 @@ impl BlockQueue {
         if count == 0 {
             // Whole segments, none of them: no rule names it, but there is
             // nothing to carry out.
-            log::debug!("virtio-blk: {}: no segments", req.describe());
+            log::trace!("virtio-blk: {}: no segments", req.describe());
             return Ok(Outcome::status(S_IOERR));
         }
         // count <= the segment limit, so this is small.
@@ -677,7 +677,7 @@ impl BlockQueue {
             }
             // UNMAP is the only flag (§5.2.6.2: unknown flags are UNSUPP).
             if flags & !VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP != 0 {
-                log::debug!(
+                log::trace!(
                     "virtio-blk: {}: segment flags {flags:#x} unknown",
                     req.describe()
                 );
@@ -698,7 +698,7 @@ impl BlockQueue {
                 ));
             }
             if num > MAX_DISCARD_SECTORS || !fits {
-                log::debug!(
+                log::trace!(
                     "virtio-blk: {}: segment of {num} sectors at {sector} is too long or beyond the disk's {} sectors",
                     req.describe(),
                     self.disk.capacity
@@ -749,7 +749,7 @@ impl BlockQueue {
     fn punch(&self, offset: u64, len: u64) -> io::Result<()> {
         match fallocate(&self.disk.file, FallocateMode::PunchHole, true, offset, len) {
             Err(e) if unsupported(&e) => {
-                log::debug!(
+                log::trace!(
                     "virtio-blk: {}: cannot punch holes ({e}); discard ignored",
                     self.disk.path.display()
                 );

@@ -258,7 +258,7 @@ impl Transmit {
             if !matches!(read, Some(Ok(()))) {
                 // Validated buffers lie in RAM; should it fail anyway, the
                 // rest of this buffer is skipped, not retried forever.
-                log::debug!("virtio-console: unreadable transmit buffer skipped");
+                log::trace!("virtio-console: unreadable transmit buffer skipped");
                 c.buffer += 1;
                 c.done = 0;
                 continue;

@@ -273,7 +273,7 @@ impl RxQueue {
             let r = lock(&self.backend).read_frame(&mut self.frame);
             match r {
                 Ok(n) if n <= VNET_HDR_LEN => {
-                    log::debug!("virtio-net: dropped a {n}-byte read from the backend: no frame");
+                    log::trace!("virtio-net: dropped a {n}-byte read from the backend: no frame");
                 }
                 Ok(n) => {
                     let short = VNET_HDR_LEN - hdr_len;
@@ -387,7 +387,7 @@ impl RxQueue {
         let room = self.held.front().map_or(0, Chain::writable_len);
         if len as u64 > room {
             // The chain stays held for the next frame.
-            log::debug!(
+            log::trace!(
                 "virtio-net: dropped a {len}-byte frame: the driver's receive buffer holds {room}"
             );
             return Ok(Delivery::Dropped);
@@ -419,7 +419,7 @@ impl RxQueue {
             // a little early; Linux does not post receive buffers that way.)
             let descriptors: usize = self.held.iter().map(|c| c.buffers.len()).sum();
             if descriptors >= usize::from(queue.size()) {
-                log::debug!(
+                log::trace!(
                     "virtio-net: dropped a {len}-byte frame: {} receive buffers hold only {room}",
                     self.held.len()
                 );
@@ -563,7 +563,7 @@ impl TxQueue {
         match r {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                log::debug!(
+                log::trace!(
                     "virtio-net: backend full; dropped a {}-byte frame",
                     self.buf.len()
                 );
@@ -572,7 +572,7 @@ impl TxQueue {
                 self.warned = true;
                 log::warn!("virtio-net: sending a frame: {e}; dropping it (and others like it)");
             }
-            Err(e) => log::debug!("virtio-net: sending a frame: {e}; dropped"),
+            Err(e) => log::trace!("virtio-net: sending a frame: {e}; dropped"),
         }
     }
 
@@ -671,7 +671,7 @@ impl TxQueue {
         }
         match fits {
             Some(_) => self.send(),
-            None => log::debug!(
+            None => log::trace!(
                 "virtio-net: dropped a {len}-byte frame from the driver: larger than {max}"
             ),
         }
