@@ -1477,6 +1477,8 @@ mod tests {
         let r = simple(h.as_mut(), &mem, VIRTIO_BLK_T_GET_ID, 0, &[20], true);
         assert_eq!(r.unwrap(), (S_OK, 21));
         assert_eq!(guest(&mem, DATA, 20), name.as_bytes()[..20].to_vec());
+        // Closed (and unlocked) before the image is attached again.
+        drop((h, b));
 
         let mut b = open(&disk, true, Some("disk-7"));
         let mut h = handler(&mut b, F_RO);
@@ -1768,6 +1770,7 @@ mod tests {
             assert!(q.take_findings().is_empty());
         }
         // A writable disk does not offer RO.
+        drop(ro);
         let mut rw = open(&disk, false, None);
         let mut h = handler(&mut rw, ALL);
         let (_vq, mut q) = queue(&mem, ALL);
@@ -1937,6 +1940,7 @@ mod tests {
             .iter()
             .fold(0u64, |f, bit| f | 1 << bit);
         assert_eq!(b.features(), want);
+        drop(b);
         assert_eq!(open(&disk, true, None).features(), want | 1 << 5);
     }
 
@@ -2136,7 +2140,9 @@ mod tests {
         );
 
         // A legacy driver may use any width, but one access covering a
-        // field of a feature not offered still touched it.
+        // field of a feature not offered still touched it. (The modern
+        // core goes first: it holds the image's lock.)
+        drop(core);
         let (mut core, hooks) = blk_core(Version::Legacy, &disk);
         core.read_config(32, &mut [0; 4]);
         let v = hooks.take_violations();

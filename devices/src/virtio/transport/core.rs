@@ -1373,9 +1373,6 @@ impl Drop for Core {
     }
 }
 
-/// §4.1.3.1: 8-bit fields take 8-bit accesses, 16-bit fields aligned
-/// 16-bit ones, 32- and 64-bit fields aligned 32-bit ones. `rel` is the
-/// access's offset into the field, `field_len` the field's size.
 /// An MSI-X vector as a driver developer reads it.
 fn vector_name(v: u16) -> String {
     if v == NO_VECTOR {
@@ -1385,6 +1382,9 @@ fn vector_name(v: u16) -> String {
     }
 }
 
+/// §4.1.3.1: 8-bit fields take 8-bit accesses, 16-bit fields aligned
+/// 16-bit ones, 32- and 64-bit fields aligned 32-bit ones. `rel` is the
+/// access's offset into the field, `field_len` the field's size.
 fn natural_width(elem: u64, rel: u64, len: u64, field_len: u64) -> bool {
     let width = elem.clamp(1, 4);
     len == width && rel.is_multiple_of(width) && rel + len <= field_len
