@@ -18,12 +18,18 @@ mod vcpu;
 mod virtio;
 mod vm;
 
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Instant;
 
 use clap::Parser;
 use event_manager::SubscriberOps;
 
+/// When `main` began: vCPU 0 logs its first `KVM_RUN` relative to it
+/// (`-v`), the launcher's own start-up figure for bench/run.
+pub static STARTED: OnceLock<Instant> = OnceLock::new();
+
 fn main() {
+    STARTED.get_or_init(Instant::now);
     let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
     let cli = match cli::Cli::try_parse() {
         Ok(cli) => cli,

@@ -164,6 +164,10 @@ impl Vcpu {
         // The run structure stays mapped for the vCPU's life; its `io`
         // member tells the element size of a string (rep ins/outs) access.
         let run_ptr: *const kvm_bindings::kvm_run = self.fd.get_kvm_run();
+        if let (0, Some(t)) = (self.id, crate::STARTED.get()) {
+            let ms = t.elapsed().as_secs_f64() * 1e3;
+            log::debug!("vcpu0: first KVM_RUN {ms:.2} ms after main() began");
+        }
         loop {
             // The run is ending (a bad driver caught at this very access,
             // say): the guest runs no further instruction.

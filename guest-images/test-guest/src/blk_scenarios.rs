@@ -43,8 +43,12 @@
 //!   `bad-config-access-width` (capacity in one 64-bit read),
 //!   `bad-config-write-before-features-ok`,
 //!   `bad-blk-writeback-before-features-ok`.
-//! - `bench-blk`: 4 KiB random reads and 1 MiB sequential reads timed with
-//!   the TSC (`GUEST-BENCH ...`; see bench/README.md).
+//! - `bench-blk`: 4 KiB random reads (depth 32 and 1), 1 MiB sequential
+//!   reads and 4 KiB random writes with a FLUSH every 32, timed with the
+//!   TSC (`GUEST-BENCH ...`; see bench/README.md).
+//! - `bench-notify` (needs virtio-rng too): one request at a time, the
+//!   round trip from notify to used entry, virtio-rng's (the floor) and
+//!   virtio-blk's.
 //! - `virtio-blk-stuck` (`stuck_sector=N`, default 100; with the launcher's
 //!   test hook stalling the host I/O at that sector): a one-sector read of
 //!   sector N into a buffer of 0xa5 (request slot 1), `GUEST-BLK-WAIT reset`,
@@ -113,6 +117,7 @@ pub const SCENARIOS: &[(&str, Scenario)] = &[
         bad_writeback_before_features_ok,
     ),
     ("bench-blk", bench_blk),
+    ("bench-notify", bench_notify),
     ("virtio-blk-stuck", blk_stuck),
     ("virtio-blk-nospace", blk_nospace),
 ];
@@ -927,16 +932,25 @@ fn per_second(n: u64, cycles: u64, khz: u64) -> u64 {
     (u128::from(n) * u128::from(khz) * 1000 / u128::from(cycles.max(1))) as u64
 }
 
-/// Runs `count` reads of `len` bytes with up to `depth` in flight, slot
-/// `s` reading into data + `s * len`; `next_sector` says where each goes.
-/// Returns the TSC ticks taken.
-fn read_loop(
+/// Runs `count` requests of `kind` (reads or writes) of `len` bytes with
+/// up to `depth` in flight, slot `s` using data + `s * len`; `next_sector`
+/// says where each goes. Returns the TSC ticks taken.
+fn io_loop(
     b: &mut Blk,
+    kind: u32,
     count: u64,
     depth: u16,
     len: u32,
     mut next_sector: impl FnMut() -> u64,
 ) -> u64 {
+    let buf = |slot: u16| {
+        let addr = data(u64::from(slot) * u64::from(len));
+        if kind == T_IN {
+            Buf::read_into(addr, len)
+        } else {
+            Buf::write_from(addr, len)
+        }
+    };
     let t0 = rdtsc();
     let mut submitted = 0u64;
     let mut completed = 0u64;
@@ -944,8 +958,7 @@ fn read_loop(
         if submitted == count {
             break;
         }
-        let addr = data(u64::from(slot) * u64::from(len));
-        b.submit(slot, T_IN, next_sector(), Buf::read_into(addr, len));
+        b.submit(slot, kind, next_sector(), buf(slot));
         submitted += 1;
     }
     b.kick();
@@ -955,13 +968,12 @@ fn read_loop(
         let mut resubmitted = false;
         while let Some(d) = b.poll() {
             if d.status != S_OK {
-                println!("GUEST-FAIL benchmark read: status {}", d.status);
+                println!("GUEST-FAIL benchmark request: status {}", d.status);
                 power::poweroff()
             }
             completed += 1;
             if submitted < count {
-                let addr = data(u64::from(d.slot) * u64::from(len));
-                b.submit(d.slot, T_IN, next_sector(), Buf::read_into(addr, len));
+                b.submit(d.slot, kind, next_sector(), buf(d.slot));
                 submitted += 1;
                 resubmitted = true;
             }
@@ -980,9 +992,41 @@ fn read_loop(
     rdtsc() - t0
 }
 
-/// `rand_count=N` (20000) 4 KiB reads at random 4 KiB-aligned offsets,
-/// `depth=D` (32) in flight; then `seq_mib=M` (256, at most the disk) MiB
-/// read sequentially in 1 MiB requests, `seq_depth=S` (4) in flight.
+/// One request in slot 0, polled without the CMOS-clock deadline (whose
+/// port reads would land inside the timed interval); fails the scenario
+/// unless it completes with OK. Returns the TSC ticks the notify took.
+fn request_spin(b: &mut Blk, kind: u32, sector: u64, buf: Option<Buf>) -> u64 {
+    b.submit(0, kind, sector, buf);
+    let t0 = rdtsc();
+    b.kick();
+    let kick = rdtsc() - t0;
+    for _ in 0..1u64 << 32 {
+        if let Some(d) = b.poll() {
+            if d.status != S_OK {
+                println!(
+                    "GUEST-FAIL benchmark request type {kind}: status {}",
+                    d.status
+                );
+                power::poweroff()
+            }
+            return kick;
+        }
+        core::hint::spin_loop();
+    }
+    fail("benchmark request never completed")
+}
+
+/// The benchmark's blk phases, each optional but the first:
+/// - `rand_count=N` (20000) 4 KiB reads at random 4 KiB-aligned offsets,
+///   `depth=D` (32) in flight: `GUEST-BENCH blk-4k-randread`;
+/// - `rand1_count=N` (0: skipped) more at depth 1: `GUEST-BENCH
+///   blk-4k-randread ... depth=1`;
+/// - `seq_mib=M` (256; 0: skipped) MiB read sequentially in 1 MiB
+///   requests, `seq_depth=S` (4) in flight: `GUEST-BENCH blk-1m-seqread`;
+/// - `write_count=N` (0: skipped) 4 KiB writes at random offsets, `depth`
+///   in flight, and after every `flush_every=F` (32) of them, once they
+///   have completed, a FLUSH (waited for): `GUEST-BENCH
+///   blk-4k-randwrite-flush iops=<writes/s, flushes included>`.
 fn bench_blk(cmdline: &Cmdline) -> ! {
     let khz = clock::tsc_khz(cmdline);
     let mut b = Blk::start();
@@ -995,31 +1039,138 @@ fn bench_blk(cmdline: &Cmdline) -> ! {
         fail("the disk is smaller than 4 KiB");
     }
     let mut rng = Rng(0x2545_f491_4f6c_dd1d);
-    let cycles = read_loop(&mut b, count, depth, 4096, || (rng.next() % blocks) * 8);
+    let mut random_block = move || (rng.next() % blocks) * 8;
+    let cycles = io_loop(&mut b, T_IN, count, depth, 4096, &mut random_block);
     println!(
         "GUEST-BENCH blk-4k-randread iops={} depth={depth} requests={count} tsc={cycles}",
         per_second(count, cycles, khz)
     );
+
+    let count1 = cmdline.get_u64("rand1_count").unwrap_or(0);
+    if count1 > 0 {
+        let cycles = io_loop(&mut b, T_IN, count1, 1, 4096, &mut random_block);
+        println!(
+            "GUEST-BENCH blk-4k-randread iops={} depth=1 requests={count1} tsc={cycles}",
+            per_second(count1, cycles, khz)
+        );
+    }
 
     const MIB: u64 = 1 << 20;
     let seq_depth = (cmdline.get_u64("seq_depth").unwrap_or(4) as u16)
         .clamp(1, (DATA_BYTES as u64 / MIB) as u16);
     let disk_mib = cap * SECTOR / MIB;
     let mib = cmdline.get_u64("seq_mib").unwrap_or(256);
-    if disk_mib == 0 {
-        fail("the disk is smaller than 1 MiB");
+    if mib > 0 {
+        if disk_mib == 0 {
+            fail("the disk is smaller than 1 MiB");
+        }
+        let mut next = 0u64;
+        let per_mib = MIB / SECTOR;
+        let cycles = io_loop(&mut b, T_IN, mib, seq_depth, MIB as u32, || {
+            let s = next * per_mib;
+            next = (next + 1) % disk_mib;
+            s
+        });
+        println!(
+            "GUEST-BENCH blk-1m-seqread mbps={} depth={seq_depth} mib={mib} tsc={cycles}",
+            per_second(mib, cycles, khz)
+        );
     }
-    let mut next = 0u64;
-    let per_mib = MIB / SECTOR;
-    let cycles = read_loop(&mut b, mib, seq_depth, MIB as u32, || {
-        let s = next * per_mib;
-        next = (next + 1) % disk_mib;
-        s
-    });
+
+    let writes = cmdline.get_u64("write_count").unwrap_or(0);
+    if writes > 0 {
+        if !b.has(F_FLUSH) {
+            fail("virtio-blk does not offer FLUSH");
+        }
+        let every = cmdline.get_u64("flush_every").unwrap_or(32).max(1);
+        let t0 = rdtsc();
+        let (mut done, mut flushes) = (0u64, 0u64);
+        while done < writes {
+            let batch = every.min(writes - done);
+            io_loop(&mut b, T_OUT, batch, depth, 4096, &mut random_block);
+            request_spin(&mut b, T_FLUSH, 0, None);
+            done += batch;
+            flushes += 1;
+        }
+        let cycles = rdtsc() - t0;
+        println!(
+            "GUEST-BENCH blk-4k-randwrite-flush iops={} depth={depth} requests={writes} flushes={flushes} tsc={cycles}",
+            per_second(writes, cycles, khz)
+        );
+    }
+    finish()
+}
+
+/// The virtio-rng queue [`bench_notify`] uses, and its 1-byte buffer.
+static RNG_RING: Pages<RING_BYTES> = Pages::new();
+static RNG_BYTE: Pages<4096> = Pages::new();
+/// Round-trip times in TSC ticks, one u32 each.
+const MAX_SAMPLES: usize = 1 << 16;
+static SAMPLES: Pages<{ MAX_SAMPLES * 4 }> = Pages::new();
+
+/// Times `count` round trips of `one`, which must notify and poll to the
+/// used entry and returns how long its notify (the guest's write to the
+/// notify address) took; prints `GUEST-BENCH notify-<what> p50_ns=..
+/// mean_ns=.. min_ns=.. p99_ns=.. kick_mean_ns=.. count=..`.
+fn time_round_trips(what: &str, count: usize, khz: u64, mut one: impl FnMut() -> u64) {
+    let count = count.clamp(1, MAX_SAMPLES);
+    // SAFETY: SAMPLES is ours alone (no device is ever given it), one vCPU,
+    // and this is the only reference to it while it lives.
+    let samples = unsafe { core::slice::from_raw_parts_mut(SAMPLES.addr() as *mut u32, count) };
+    let (mut total, mut kicks) = (0u64, 0u64);
+    for s in samples.iter_mut() {
+        let t0 = rdtsc();
+        kicks += one();
+        let t = rdtsc() - t0;
+        total += t;
+        *s = t.min(u64::from(u32::MAX)) as u32;
+    }
+    samples.sort_unstable();
+    let ns = |ticks: u64| ticks * 1_000_000 / khz;
     println!(
-        "GUEST-BENCH blk-1m-seqread mbps={} depth={seq_depth} mib={mib} tsc={cycles}",
-        per_second(mib, cycles, khz)
+        "GUEST-BENCH notify-{what} p50_ns={} mean_ns={} min_ns={} p99_ns={} kick_mean_ns={} count={count}",
+        ns(u64::from(samples[count / 2])),
+        ns(total / count as u64),
+        ns(u64::from(samples[0])),
+        ns(u64::from(samples[count * 99 / 100])),
+        ns(kicks / count as u64),
     );
+}
+
+/// `bench-notify count=N` (20000), needs virtio-blk and virtio-rng: N
+/// round trips of one request each, timed from the notify to the used
+/// entry seen by this polling driver. First virtio-rng with a 1-byte
+/// buffer (its worker only fills and completes it: the floor of the
+/// notify path), then virtio-blk, one 512-byte read of sector 0. The
+/// round trip includes the notify itself, timed on its own as
+/// `kick_mean_ns` (on nested `kvm_pvm` hosts a ring-3 MMIO write traps
+/// through the host kernel, which costs more than the device's work).
+fn bench_notify(cmdline: &Cmdline) -> ! {
+    let khz = clock::tsc_khz(cmdline);
+    let count = cmdline.get_u64("count").unwrap_or(20_000) as usize;
+    let mut b = Blk::start();
+    let rng =
+        Device::probe(crate::virtio::RNG_DEVICE).unwrap_or_else(|| fail("no virtio-rng on bus 0"));
+    rng.init();
+    let mut vq = Vq::at(0, 8, RNG_RING.addr());
+    rng.setup_queue(&mut vq);
+    rng.driver_ok();
+    let byte = RNG_BYTE.addr();
+    time_round_trips("rng", count, khz, || {
+        vq.set_desc(0, byte, 1, DESC_WRITE, 0);
+        vq.push(0);
+        vq.publish_pushed();
+        let t0 = rdtsc();
+        rng.notify(&vq);
+        let kick = rdtsc() - t0;
+        if vq.wait_used().is_none() {
+            fail("virtio-rng did not return the buffer");
+        }
+        kick
+    });
+    time_round_trips("blk", count, khz, || {
+        request_spin(&mut b, T_IN, 0, Buf::read_into(data(0), SECTOR as u32))
+    });
     finish()
 }
 

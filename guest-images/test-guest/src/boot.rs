@@ -3,13 +3,25 @@
 //! so ring 0 does the bare minimum, in a few hundred instructions, and no
 //! Rust code (which may use SSE the emulator cannot handle) ever runs there.
 //!
-//! `_start` (entered per the Linux 64-bit boot protocol: long mode, identity
-//! map with U/S set, RSI = zero page):
+//! Two ways in, one way on:
+//! - `_start`, the ELF entry, per the Linux 64-bit boot protocol (long
+//!   mode, identity map with U/S set, RSI = zero page): how the launcher
+//!   boots it.
+//! - `_start_pvh`, named by the Xen ELF note `XEN_ELFNOTE_PHYS32_ENTRY`
+//!   (the x86/HVM direct boot ABI, "PVH"), for VMMs that boot an ELF that
+//!   way, such as `qemu-system-x86_64 -kernel`: 32-bit protected mode,
+//!   paging off, EBX = `struct hvm_start_info`. It identity-maps the first
+//!   4 GiB with 2 MiB pages (U/S set, like the launcher's map, so ring 3
+//!   can use and extend it), enters long mode and joins `_start`.
+//!
+//! Then:
 //! 1. CR0.MP on, CR0.EM/TS off, CR4.OSFXSR|OSXMMEXCPT on (Rust uses SSE);
 //! 2. its own stack, GDT (with a TSS whose RSP0 is the ring-0 stack) and an
 //!    IDT for vectors 0–31;
 //! 3. `iretq` to ring 3 with IOPL=3 and IF=0, calling
-//!    [`crate::user_main`]`(zero_page)` on the user stack.
+//!    [`crate::user_main`]`(boot_info, protocol)` on the user stack
+//!    (the zero page or the start info, and which of the two it is:
+//!    [`PROTOCOL_LINUX64`] or [`PROTOCOL_PVH`]).
 //!
 //! Port I/O from ring 3 is allowed twice over: by IOPL=3 and by an all-zero
 //! I/O permission bitmap in the TSS. The bitmap is what works on the nested
@@ -25,7 +37,8 @@
 //! stub that pushes the vector, records the frame and `iretq`s to ring 3
 //! into [`crate::exception_report`] on a stack of its own, which prints
 //! `GUEST-PANIC exception …` and powers off. A fault while reporting one
-//! prints a fixed line and powers off from ring 0 directly. Either way an
+//! prints a fixed line and powers off from ring 0 directly (through the
+//! register [`crate::power`] found in the ACPI tables). Either way an
 //! exception never becomes a triple fault (which the launcher treats as a
 //! reboot, i.e. an endless loop).
 
@@ -56,6 +69,42 @@ pub fn boot_cr3() -> u64 {
 /// Number of IDT entries (the CPU exceptions).
 pub const IDT_ENTRIES: usize = 32;
 
+/// What `_start` passes [`crate::user_main`] as `protocol`: booted through
+/// the Linux 64-bit entry (the argument is the zero page)...
+pub const PROTOCOL_LINUX64: u64 = 0;
+/// ... or through the PVH entry (the argument is `hvm_start_info`).
+pub const PROTOCOL_PVH: u64 = 1;
+
+/// `XEN_ELFNOTE_PHYS32_ENTRY` (xen/include/public/elfnote.h).
+pub const XEN_ELFNOTE_PHYS32_ENTRY: u32 = 18;
+
+/// Page-table entry bits: present, writable, user, 2 MiB page.
+const PTE_TABLE: u32 = 0x7;
+const PTE_LARGE: u32 = 0x87;
+/// CR4.PAE, EFER (MSR) and EFER.LME, CR0.PG|PE.
+const CR4_PAE: u32 = 1 << 5;
+const MSR_EFER: u32 = 0xc000_0080;
+const EFER_LME: u32 = 1 << 8;
+const CR0_PG_PE: u32 = 0x8000_0001;
+
+extern "C" {
+    /// Where the ring-0 fallback power-off writes, and what (the launcher's
+    /// PM1a control register and S5 until [`crate::power`] reads ACPI).
+    static mut __poweroff_port: u16;
+    static mut __poweroff_value: u16;
+}
+
+/// Tells the ring-0 fallback power-off (a fault while reporting a fault)
+/// which register and value this machine's ACPI tables name.
+pub fn set_ring0_poweroff(port: u16, value: u16) {
+    // SAFETY: plain data in the image, written by ring 3 only here, read
+    // by the ring-0 stub only after a nested fault; one vCPU.
+    unsafe {
+        core::ptr::write_volatile(core::ptr::addr_of_mut!(__poweroff_port), port);
+        core::ptr::write_volatile(core::ptr::addr_of_mut!(__poweroff_value), value);
+    }
+}
+
 global_asm!(
     r#"
     .section .text.start, "ax"
@@ -65,6 +114,8 @@ _start:
     cli
     cld
     mov r15, rsi                    /* zero page, for user_main */
+    mov r14d, {protocol_linux64}
+__start64:
 
     /* FPU/SSE: CR0.MP=1, CR0.EM=0, CR0.TS=0; CR4.OSFXSR|OSXMMEXCPT. */
     mov rax, cr0
@@ -153,6 +204,7 @@ _start:
     mov ds, ax
     mov es, ax
     mov rdi, r15
+    mov rsi, r14
     push {user_ds}                  /* SS */
     lea rax, [rip + __ustack_top - 8] /* as if called: rsp % 16 == 8 */
     push rax                        /* RSP */
@@ -162,6 +214,66 @@ _start:
     push rax                        /* RIP */
     iretq
     .size _start, . - _start
+
+    /* The PVH entry: 32-bit protected mode, paging off, EBX = start info,
+       no stack. Identity-map 4 GiB: PML4[0] -> PDPT, PDPT[0..4] -> four
+       page directories of 2 MiB pages, all with U/S set. */
+    .code32
+    .global _start_pvh
+    .type _start_pvh, @function
+_start_pvh:
+    cli
+    cld
+    mov esi, ebx                    /* start info, for user_main */
+    mov edi, offset __pvh_pml4      /* PML4 and PDPT: zeroed */
+    mov ecx, 2 * 4096 / 4
+    xor eax, eax
+    rep stosd
+    mov dword ptr [__pvh_pml4], offset __pvh_pdpt + {pte_table}
+    mov eax, offset __pvh_pd + {pte_table}
+    mov dword ptr [__pvh_pdpt], eax
+    add eax, 4096
+    mov dword ptr [__pvh_pdpt + 8], eax
+    add eax, 4096
+    mov dword ptr [__pvh_pdpt + 16], eax
+    add eax, 4096
+    mov dword ptr [__pvh_pdpt + 24], eax
+    mov edi, offset __pvh_pd        /* 2048 entries, 2 MiB each */
+    mov eax, {pte_large}
+    xor edx, edx
+    mov ecx, 2048
+9:
+    mov [edi], eax
+    mov [edi + 4], edx
+    add eax, 0x200000
+    add edi, 8
+    dec ecx
+    jnz 9b
+
+    mov eax, cr4
+    or eax, {cr4_pae}
+    mov cr4, eax
+    mov eax, offset __pvh_pml4
+    mov cr3, eax
+    mov ecx, {msr_efer}
+    rdmsr
+    or eax, {efer_lme}
+    wrmsr
+    mov eax, cr0
+    or eax, {cr0_pg_pe}
+    mov cr0, eax                    /* long mode (compatibility) */
+    lgdt [__gdtr]                   /* base fits 32 bits: the low half */
+    mov esp, offset __kstack_top
+    push {kernel_cs}
+    mov eax, offset __pvh_long
+    push eax
+    retf                            /* to 64-bit code */
+    .code64
+__pvh_long:
+    mov r15d, esi                   /* zero-extends: the upper halves of */
+    mov r14d, {protocol_pvh}        /* registers are undefined here */
+    jmp __start64
+    .size _start_pvh, . - _start_pvh
 
     /* Exception stubs: make every frame [vector, error code, RIP, CS,
        RFLAGS, RSP, SS] and go to __isr_common. */
@@ -243,8 +355,8 @@ __isr_common:
     inc rsi
     jmp 6b
 7:
-    mov dx, 0x604
-    mov ax, 0x3400
+    mov dx, [rip + __poweroff_port]
+    mov ax, [rip + __poweroff_value]
     out dx, ax
 8:                                  /* never reset: that would loop forever */
     hlt
@@ -254,11 +366,29 @@ __isr_common:
 __nested_msg:
     .asciz "GUEST-PANIC nested exception while reporting an exception\r\n"
 
+    /* The PVH entry point for the VMM (p_align of PT_NOTE must be 4:
+       QEMU pads the name to it). */
+    .section .note.Xen, "a", @note
+    .balign 4
+    .long 4                         /* namesz: "Xen" and its NUL */
+    .long 8                         /* descsz */
+    .long {xen_phys32_entry}
+    .asciz "Xen"
+    .balign 4
+    .quad _start_pvh
+
     .section .data.boot, "aw"
     .balign 8
     .global __boot_cr3
 __boot_cr3:
     .quad 0
+    .global __poweroff_port
+    .global __poweroff_value
+__poweroff_port:
+    .word 0x604
+__poweroff_value:
+    .word 0x3400
+    .balign 8
 __isr_table:
     .irp n, 0,1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16,17,18,19,20,21,22,23,24,25,26,27,28,29,30,31
     .quad __isr\n
@@ -303,6 +433,13 @@ __kstack_top:                       /* ring 0: bring-up and exception entry */
 __xstack_top:                       /* ring 3: exception_report */
     .skip 131072
 __ustack_top:                       /* ring 3: user_main */
+    .balign 4096
+__pvh_pml4:                         /* the PVH entry's page tables */
+    .skip 4096
+__pvh_pdpt:
+    .skip 4096
+__pvh_pd:
+    .skip 4 * 4096
 
     .text
 "#,
@@ -313,6 +450,15 @@ __ustack_top:                       /* ring 3: user_main */
     tss_sel = const TSS_SEL,
     user_rflags = const USER_RFLAGS,
     idt_entries = const IDT_ENTRIES,
+    protocol_linux64 = const PROTOCOL_LINUX64,
+    protocol_pvh = const PROTOCOL_PVH,
+    xen_phys32_entry = const XEN_ELFNOTE_PHYS32_ENTRY,
+    pte_table = const PTE_TABLE,
+    pte_large = const PTE_LARGE,
+    cr4_pae = const CR4_PAE,
+    msr_efer = const MSR_EFER,
+    efer_lme = const EFER_LME,
+    cr0_pg_pe = const CR0_PG_PE,
     user_main = sym crate::user_main,
     exception_report = sym crate::exception_report,
 );

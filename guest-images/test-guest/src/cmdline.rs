@@ -1,33 +1,22 @@
-//! The kernel command line, from the Linux zero page (`boot_params`).
+//! The kernel command line, wherever the boot protocol put it
+//! ([`crate::bootinfo`] finds it).
 
-/// `boot_params.hdr.cmd_line_ptr` (low 32 bits of the address).
-const CMD_LINE_PTR: usize = 0x228;
-/// `boot_params.ext_cmd_line_ptr` (high 32 bits).
-const EXT_CMD_LINE_PTR: usize = 0x0c8;
 /// Longest command line we read (Linux's COMMAND_LINE_SIZE).
 const MAX_LEN: usize = 2048;
-/// Only the first 4 GiB are identity-mapped.
-const MAPPED_LIMIT: u64 = 1 << 32;
 
 /// Whitespace-separated words, `key=value` or bare flags.
 #[derive(Clone, Copy)]
 pub struct Cmdline(&'static str);
 
 impl Cmdline {
-    /// Reads the NUL-terminated command line the zero page points to.
+    /// The NUL-terminated command line at guest-physical `addr` (empty if
+    /// `addr` is 0 or not identity-mapped).
     ///
     /// # Safety
-    /// `zero_page` must be the boot_params the launcher passed in RSI, and
-    /// the command line must stay unchanged for the rest of the run.
-    pub unsafe fn from_zero_page(zero_page: u64) -> Cmdline {
-        if zero_page == 0 || zero_page >= MAPPED_LIMIT {
-            return Cmdline("");
-        }
-        let zp = zero_page as *const u8;
-        let lo = (zp.add(CMD_LINE_PTR) as *const u32).read_unaligned() as u64;
-        let hi = (zp.add(EXT_CMD_LINE_PTR) as *const u32).read_unaligned() as u64;
-        let addr = (hi << 32) | lo;
-        if addr == 0 || addr >= MAPPED_LIMIT {
+    /// `addr` must be what the boot protocol named, and the command line
+    /// must stay unchanged for the rest of the run.
+    pub unsafe fn at(addr: u64) -> Cmdline {
+        if addr == 0 || addr >= crate::bootinfo::MAPPED_LIMIT {
             return Cmdline("");
         }
         let p = addr as *const u8;

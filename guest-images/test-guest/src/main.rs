@@ -3,9 +3,11 @@
 //!
 //! [`boot`] does the ring-0 bring-up in a few hundred instructions of
 //! assembly, then drops to ring 3 (IOPL=3, IF=0) where everything else runs
-//! natively: [`user_main`] reads the command line ([`cmdline`]) and runs a
-//! [`scenarios`] entry, which talks to devices by port I/O ([`port`]),
-//! prints on COM1 ([`serial`]) and ends by powering off ([`power`]).
+//! natively: [`user_main`] reads what the boot protocol passed
+//! ([`bootinfo`]: the Linux zero page or the PVH start info), finds how to
+//! power off ([`acpi`]) and runs a [`scenarios`] entry, which talks to
+//! devices by port I/O ([`port`]) and MMIO, prints on COM1 ([`serial`])
+//! and ends by powering off ([`power`]).
 //!
 //! Build: `cargo build --release` here (flags in .cargo/config.toml and
 //! build.rs, layout in link.ld); tests use tests/common/test_guest.rs.
@@ -13,8 +15,10 @@
 #![no_std]
 #![no_main]
 
+pub mod acpi;
 pub mod blk_scenarios;
 pub mod boot;
+pub mod bootinfo;
 pub mod clock;
 pub mod cmdline;
 pub mod console_scenarios;
@@ -32,13 +36,17 @@ pub mod vmmci_scenarios;
 
 use core::panic::PanicInfo;
 
-/// Ring-3 entry, called by `_start` (via `iretq`) with the zero page
-/// address the launcher passed in RSI.
-pub extern "C" fn user_main(zero_page: u64) -> ! {
-    // SAFETY: `zero_page` is what the launcher passed; nothing writes the
-    // command line after boot.
-    let cmdline = unsafe { cmdline::Cmdline::from_zero_page(zero_page) };
-    scenarios::run(&cmdline)
+/// Ring-3 entry, called by `_start` (via `iretq`) with what the VMM
+/// passed: the zero page (RSI, 64-bit entry) or the PVH start info (EBX,
+/// PVH entry), and which of the two ([`boot::PROTOCOL_LINUX64`] or
+/// [`boot::PROTOCOL_PVH`]).
+pub extern "C" fn user_main(info: u64, protocol: u64) -> ! {
+    // SAFETY: both come from the boot entry; nothing writes the command
+    // line or the memory map after boot.
+    let boot = unsafe { bootinfo::BootInfo::new(info, protocol) };
+    power::init(&boot);
+    bootinfo::set(boot);
+    scenarios::run(&boot.cmdline)
 }
 
 /// Ring-3 exception report, entered from the exception stubs in [`boot`]

@@ -2,7 +2,9 @@
 //! 0xCF8 (enable bit, bus, device, function, dword-aligned register) and
 //! the data window at 0xCFC–0xCFF, which takes 8-, 16- and 32-bit accesses
 //! at the byte offset within the dword. Bus 0, function 0 only: that is
-//! all the launcher has.
+//! all the launcher has, and where QEMU's `-device` puts functions too.
+//! BARs are read, never placed: the launcher or the firmware (SeaBIOS
+//! under QEMU) has done that.
 
 use crate::port::{inb, inl, inw, outb, outl, outw};
 use crate::println;
@@ -17,7 +19,12 @@ pub const COMMAND: u8 = 0x04;
 pub const STATUS: u8 = 0x06;
 pub const CLASS_REV: u8 = 0x08;
 pub const BAR0: u8 = 0x10;
+pub const SUBSYSTEM_ID: u8 = 0x2e;
 pub const CAPABILITIES: u8 = 0x34;
+/// BAR low bits: I/O space; memory type 64-bit (bits 2:1 = 2).
+const BAR_IO: u32 = 1;
+const BAR_MEM_TYPE_MASK: u32 = 0x6;
+const BAR_MEM_64: u32 = 0x4;
 
 /// Command register: I/O space decoding.
 pub const COMMAND_IO: u16 = 1;
@@ -71,6 +78,26 @@ impl Slot {
     /// Class, subclass, programming interface (the top 24 bits at 0x08).
     pub fn class(self) -> u32 {
         self.read32(CLASS_REV) >> 8
+    }
+
+    /// The address of memory BAR `index` (both halves of a 64-bit BAR),
+    /// or `None` for an I/O BAR, an unassigned one, or `index` > 5.
+    pub fn memory_bar(self, index: u8) -> Option<u64> {
+        if index > 5 {
+            return None;
+        }
+        let reg = BAR0 + 4 * index;
+        let lo = self.read32(reg);
+        if lo & BAR_IO != 0 {
+            return None;
+        }
+        let hi = if lo & BAR_MEM_TYPE_MASK == BAR_MEM_64 && index < 5 {
+            self.read32(reg + 4)
+        } else {
+            0
+        };
+        let addr = u64::from(hi) << 32 | u64::from(lo & !0xf);
+        (addr != 0).then_some(addr)
     }
 
     /// The capability list: (offset, id) of each entry.

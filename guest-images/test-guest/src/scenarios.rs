@@ -85,11 +85,24 @@ pub fn current_ring() -> u16 {
     cs & 3
 }
 
-/// Prints the ring and the command line, then powers off.
+/// Prints the ring, the command line, how it was booted (`GUEST-BOOT
+/// protocol=<linux64|pvh> regions=<memory-map entries> ram_kib=<usable
+/// RAM>`) and how it will power off (`GUEST-POWEROFF port=<PM1a control>
+/// value=<written> source=<acpi|default>`), then powers off.
 fn hello(cmdline: &Cmdline) -> ! {
     println!("GUEST-TEST-START");
     println!("GUEST-RING {}", current_ring());
     println!("GUEST-CMDLINE {}", cmdline.as_str());
+    if let Some(b) = crate::bootinfo::get() {
+        println!(
+            "GUEST-BOOT protocol={} regions={} ram_kib={}",
+            b.protocol.name(),
+            b.region_count(),
+            b.ram_bytes() >> 10
+        );
+    }
+    let (port, value, source) = power::soft_off();
+    println!("GUEST-POWEROFF port={port:#x} value={value:#x} source={source}");
     finish()
 }
 

@@ -3,9 +3,13 @@
 //! one split virtqueue in a static, page-aligned buffer of the image (the
 //! guest is identity-mapped, so its addresses are guest-physical).
 //!
-//! [`Device::probe`] finds the function on bus 0, turns on memory decoding
-//! and bus mastering, and locates the common, notify, ISR, device and
-//! PCI-configuration-access structures through the vendor capabilities.
+//! [`Device::probe`] finds the function on bus 0 (the modern id, else a
+//! transitional one with the modern capabilities: QEMU's default on its
+//! i440fx machine), turns on memory decoding and bus mastering, and
+//! locates the common, notify, ISR, device and PCI-configuration-access
+//! structures through the vendor capabilities, in whichever memory BAR
+//! each names (BAR0 on the launcher; a 64-bit BAR4 that SeaBIOS placed on
+//! QEMU).
 //! Register accesses are volatile and of each field's own width; 64-bit
 //! queue addresses are written as two 32-bit halves.
 //!
@@ -80,6 +84,11 @@ const CFG_NOTIFY: u8 = 2;
 const CFG_ISR: u8 = 3;
 const CFG_DEVICE: u8 = 4;
 const CFG_PCI: u8 = 5;
+
+/// Transitional PCI device ids (virtio 1.0 §4.1.2.1): the device type is
+/// the subsystem id; modern ids are 0x1040 + type.
+const TRANSITIONAL_IDS: core::ops::RangeInclusive<u16> = 0x1000..=0x103f;
+const MODERN_BASE: u16 = 0x1040;
 
 /// How long to wait for the device (iterations of a polled loop).
 const USED_SPINS: u64 = 20_000_000;
@@ -157,7 +166,7 @@ pub fn buffer(n: u64) -> u64 {
     BUFFERS.addr() + 64 * n
 }
 
-/// A vendor capability's window into BAR0.
+/// A vendor capability's window into one of the function's BARs.
 #[derive(Clone, Copy, Default)]
 pub struct Window {
     pub addr: u64,
@@ -167,7 +176,11 @@ pub struct Window {
 /// A virtio function behind the modern PCI transport.
 pub struct Device {
     pub slot: Slot,
+    /// The base of the BAR holding the common configuration (BAR0 on the
+    /// launcher, hence the name), so `common.addr - bar0` is its offset.
     pub bar0: u64,
+    /// That BAR's index, for the PCI_CFG window.
+    pub common_bar: u8,
     pub common: Window,
     pub notify: Window,
     pub notify_multiplier: u32,
@@ -178,12 +191,13 @@ pub struct Device {
 }
 
 impl Device {
-    /// Finds `vendor:device` on bus 0, enables memory space and bus
-    /// mastering, and reads the vendor capabilities. Prints
-    /// `GUEST-VIRTIO ...` with what it found.
+    /// Finds the function of modern id `device` on bus 0 (or a
+    /// transitional function of the same type), enables memory space and
+    /// bus mastering, and reads the vendor capabilities. Prints
+    /// `GUEST-VIRTIO ...` with what it found; `None` without the common
+    /// configuration (a legacy-only function).
     pub fn probe(device: u16) -> Option<Device> {
-        let slot = pci::find(VENDOR, device)?;
-        let bar0 = u64::from(slot.read32(pci::BAR0) & !0xf);
+        let slot = find_function(device)?;
         let cmd = slot.read16(pci::COMMAND);
         slot.write16(
             pci::COMMAND,
@@ -191,7 +205,8 @@ impl Device {
         );
         let mut d = Device {
             slot,
-            bar0,
+            bar0: 0,
+            common_bar: 0,
             common: Window::default(),
             notify: Window::default(),
             notify_multiplier: 0,
@@ -204,15 +219,28 @@ impl Device {
                 continue;
             }
             let cfg_type = slot.read8(off + 3);
+            if cfg_type == CFG_PCI {
+                d.pci_cfg_cap = off;
+                continue;
+            }
             let bar = slot.read8(off + 4);
+            let Some(base) = slot.memory_bar(bar) else {
+                continue;
+            };
             let w = Window {
-                addr: bar0 + u64::from(slot.read32(off + 8)),
+                addr: base + u64::from(slot.read32(off + 8)),
                 len: slot.read32(off + 12),
             };
+            if w.addr + u64::from(w.len) > crate::bootinfo::MAPPED_LIMIT {
+                println!("GUEST-FAIL BAR{bar} at {base:#x}: above the identity map");
+                crate::power::poweroff()
+            }
             match cfg_type {
-                CFG_PCI => d.pci_cfg_cap = off,
-                _ if bar != 0 => {}
-                CFG_COMMON => d.common = w,
+                CFG_COMMON => {
+                    d.common = w;
+                    d.bar0 = base;
+                    d.common_bar = bar;
+                }
                 CFG_NOTIFY => {
                     d.notify = w;
                     d.notify_multiplier = slot.read32(off + 16);
@@ -223,9 +251,10 @@ impl Device {
             }
         }
         println!(
-            "GUEST-VIRTIO 00:{:02x}.0 bar0={:#x} common={:#x}+{:#x} notify={:#x}+{:#x}*{} isr={:#x} device={:#x} pci_cfg_cap={:#x}",
+            "GUEST-VIRTIO 00:{:02x}.0 bar{}={:#x} common={:#x}+{:#x} notify={:#x}+{:#x}*{} isr={:#x} device={:#x} pci_cfg_cap={:#x}",
             slot.0,
-            bar0,
+            d.common_bar,
+            d.bar0,
             d.common.addr,
             d.common.len,
             d.notify.addr,
@@ -235,7 +264,7 @@ impl Device {
             d.device_cfg.addr,
             d.pci_cfg_cap
         );
-        if d.common.addr == bar0 && d.common.len == 0 {
+        if d.common.len == 0 {
             return None;
         }
         Some(d)
@@ -397,11 +426,11 @@ impl Device {
         write16(self.notify_addr(vq.notify_off), vq.index);
     }
 
-    /// A read through the VIRTIO_PCI_CAP_PCI_CFG window (§4.1.4.7): bar 0,
-    /// `offset`, `length` bytes.
+    /// A read through the VIRTIO_PCI_CAP_PCI_CFG window (§4.1.4.7): the
+    /// common configuration's BAR, `offset`, `length` bytes.
     pub fn pci_cfg_read(&self, offset: u32, length: u32) -> u32 {
         let cap = self.pci_cfg_cap;
-        self.slot.write8(cap + 4, 0);
+        self.slot.write8(cap + 4, self.common_bar);
         self.slot.write32(cap + 8, offset);
         self.slot.write32(cap + 12, length);
         match length {
@@ -410,6 +439,19 @@ impl Device {
             _ => self.slot.read32(cap + 16),
         }
     }
+}
+
+/// The function of modern id `modern`, else a transitional function
+/// whose subsystem id is the same device type.
+fn find_function(modern: u16) -> Option<Slot> {
+    pci::find(VENDOR, modern).or_else(|| {
+        let kind = modern.checked_sub(MODERN_BASE)?;
+        (0..32).map(Slot).find(|s| {
+            s.vendor() == VENDOR
+                && TRANSITIONAL_IDS.contains(&s.device())
+                && s.read16(pci::SUBSYSTEM_ID) == kind
+        })
+    })
 }
 
 /// The legacy (0.9.5) I/O BAR registers (virtio 1.2 §4.1.4.10); the
