@@ -19,7 +19,9 @@
 //! Guest accesses arrive from a vCPU through the port-I/O bus
 //! ([`super::Bar`]) or config mechanism #1 ([`super::Function`]); this map
 //! decodes them into operations of the transport [`Core`], which checks
-//! them and runs the queues. Interrupts go out on the INTx line only.
+//! them and runs the queues. Interrupts go out on the INTx line only. When
+//! the guest moves the I/O BAR or switches I/O decoding, the ports and the
+//! notify port's ioeventfd move together ([`super::follow_bars`]).
 //!
 //! Notifications: all queues share the one QUEUE_NOTIFY port. Rather than
 //! one datamatch ioeventfd per queue (which [`VmHooks`] cannot express),
@@ -39,7 +41,9 @@ use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::core::{Core, Doorbell, Names, Version};
-use super::{BarRegisters, VmHooks};
+use super::{follow_bars, BarRegisters, PciTransport, VmHooks};
+use crate::bus::SharedDevice;
+use crate::pci::bars::{touches_decoding, AddressSpaces, BarDecoder};
 use crate::pci::config::{BarKind, ConfigSpace, Identity};
 use crate::pci::msix::Msix;
 use crate::pci::root::PciFunction;
@@ -58,7 +62,7 @@ const PFN_SHIFT: u32 = 12;
 pub const DEVICE_CFG: u64 = 20;
 
 /// Header register offsets.
-mod reg {
+pub(crate) mod reg {
     pub const HOST_FEATURES: u64 = 0;
     pub const GUEST_FEATURES: u64 = 4;
     pub const QUEUE_PFN: u64 = 8;
@@ -161,6 +165,8 @@ pub struct LegacyTransport {
     slot: u8,
     config: ConfigSpace,
     bar_size: u64,
+    /// Where BAR0 is decoded, once the launcher attached the buses.
+    bars: Option<BarDecoder>,
 }
 
 impl LegacyTransport {
@@ -190,7 +196,17 @@ impl LegacyTransport {
             slot,
             config,
             bar_size: bar.size,
+            bars: None,
         }
+    }
+
+    fn sync_bars(&mut self) {
+        follow_bars(
+            self.bars.as_mut(),
+            &self.config,
+            &mut self.core,
+            reg::QUEUE_NOTIFY,
+        );
     }
 
     pub fn label(&self) -> &str {
@@ -420,6 +436,30 @@ impl PciFunction for LegacyTransport {
     fn config_write(&mut self, offset: usize, data: &[u8]) {
         log::debug!("{}: config write {offset:#04x} = {data:02x?}", self.label());
         self.config.write(offset, data);
+        if touches_decoding(offset, data.len()) {
+            self.sync_bars();
+        }
+    }
+
+    fn retry_bars(&mut self) {
+        if self.bars.as_ref().is_some_and(BarDecoder::has_refused) {
+            self.sync_bars();
+        }
+    }
+}
+
+impl PciTransport for LegacyTransport {
+    fn attach_bars(&mut self, spaces: AddressSpaces, device: SharedDevice) {
+        self.bars = Some(BarDecoder::new(spaces, device, self.label()));
+        self.sync_bars();
+    }
+
+    fn bar0(&self) -> Option<u64> {
+        self.bars.as_ref().and_then(|b| b.base(0))
+    }
+
+    fn label(&self) -> &str {
+        self.core.label()
     }
 }
 

@@ -14,15 +14,19 @@
 //! Every driver access arrives here from a vCPU (through the MMIO bus or
 //! config mechanism #1) and is checked against [`Rule`]s. On DRIVER_OK the
 //! enabled queues get ioeventfds on their notify addresses and one
-//! [`Worker`] thread each; a reset stops and joins them.
+//! [`Worker`] thread each; a reset stops and joins them. When the guest
+//! moves BAR0 or switches memory decoding, the bus mapping (and with it
+//! the MSI-X table) and those ioeventfds move together
+//! ([`super::follow_bars`]).
 
 use std::sync::{Arc, Mutex};
 
 use vmm_sys_util::eventfd::EventFd;
 
 use super::core::{Core, Doorbell, Names, QueueConfig, QueueField, Version};
-use super::{BarRegisters, VmHooks};
-use crate::bus::lock;
+use super::{follow_bars, BarRegisters, PciTransport, VmHooks};
+use crate::bus::{lock, SharedDevice};
+use crate::pci::bars::{touches_decoding, AddressSpaces, BarDecoder};
 use crate::pci::config::{BarKind, ConfigSpace, Identity};
 use crate::pci::msix::{self, Msix, MsixChange};
 use crate::pci::root::PciFunction;
@@ -36,9 +40,9 @@ const COMMON_LEN: u64 = 0x38;
 const ISR: u64 = 0x1000;
 const DEVICE_CFG: u64 = 0x2000;
 const DEVICE_CFG_MAX: u64 = 0x1000;
-const NOTIFY: u64 = 0x3000;
+pub(crate) const NOTIFY: u64 = 0x3000;
 const NOTIFY_MULTIPLIER: u32 = 4;
-const MSIX_TABLE: u64 = 0x4000;
+pub(crate) const MSIX_TABLE: u64 = 0x4000;
 const MSIX_PBA: u64 = 0x6000;
 
 const VENDOR_CAP: u8 = 0x09;
@@ -49,7 +53,7 @@ const CFG_DEVICE: u8 = 4;
 const CFG_PCI: u8 = 5;
 
 /// Common configuration fields: (offset, width, writable).
-mod common {
+pub(crate) mod common {
     pub const DEVICE_FEATURE_SELECT: u64 = 0x00;
     pub const DEVICE_FEATURE: u64 = 0x04;
     pub const DRIVER_FEATURE_SELECT: u64 = 0x08;
@@ -126,6 +130,8 @@ pub struct ModernTransport {
     /// Where the MSI-X capability sits in config space.
     msix_cap: usize,
     msix: Arc<Mutex<Msix>>,
+    /// Where BAR0 is decoded, once the launcher attached the buses.
+    bars: Option<BarDecoder>,
 }
 
 /// One ioeventfd per queue at `NOTIFY + 4·queue` in BAR0.
@@ -245,7 +251,12 @@ impl ModernTransport {
             vendor_caps,
             msix_cap,
             msix: Arc::new(Mutex::new(Msix::new(vectors))),
+            bars: None,
         }
+    }
+
+    fn sync_bars(&mut self) {
+        follow_bars(self.bars.as_mut(), &self.config, &mut self.core, NOTIFY);
     }
 
     pub fn label(&self) -> &str {
@@ -510,6 +521,9 @@ impl PciFunction for ModernTransport {
             );
         }
         self.config.write(offset, data);
+        if touches_decoding(offset, data.len()) {
+            self.sync_bars();
+        }
         // The MSI-X message control word follows the capability header.
         let mx = self.msix_cap;
         if offset <= mx + 3 && offset + data.len() > mx + 2 {
@@ -526,6 +540,27 @@ impl PciFunction for ModernTransport {
             );
             self.apply(changes);
         }
+    }
+
+    fn retry_bars(&mut self) {
+        if self.bars.as_ref().is_some_and(BarDecoder::has_refused) {
+            self.sync_bars();
+        }
+    }
+}
+
+impl PciTransport for ModernTransport {
+    fn attach_bars(&mut self, spaces: AddressSpaces, device: SharedDevice) {
+        self.bars = Some(BarDecoder::new(spaces, device, self.label()));
+        self.sync_bars();
+    }
+
+    fn bar0(&self) -> Option<u64> {
+        self.bars.as_ref().and_then(|b| b.base(0))
+    }
+
+    fn label(&self) -> &str {
+        self.core.label()
     }
 }
 
