@@ -13,6 +13,7 @@
 #![no_std]
 #![no_main]
 
+pub mod bar_scenarios;
 pub mod blk_scenarios;
 pub mod boot;
 pub mod clock;
