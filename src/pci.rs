@@ -2,9 +2,11 @@
 //! place its BAR before the guest starts, enable its decoding, wire its
 //! INTx pin, and put the BAR on the bus the vCPU loop dispatches to.
 //!
-//! Modern functions get a 32 KiB memory BAR in the MMIO hole (from 3 GiB
-//! up); legacy functions an I/O BAR from port 0xc000 up, as a PC BIOS
-//! would. Each slot's INTA# goes to its own IOAPIC pin, listed for the
+//! Modern functions get a 32 KiB memory BAR in the PCI window, from its
+//! top (just below the IOAPIC) down, as SeaBIOS places them; legacy
+//! functions an I/O BAR from port 0xc000 up, as a PC BIOS would. (An OS
+//! that reassigns BARs, Linux on a rescan, allocates from the bottom of
+//! both, so it really moves them.) Each slot's INTA# goes to its own IOAPIC pin, listed for the
 //! MP table and ACPI ([`PciIntx`]). After that the BARs are the guest's:
 //! `devices::pci::bars` follows it when it moves one, kept off what
 //! [`address_spaces`] reserves.
@@ -20,7 +22,7 @@ use devices::virtio::transport::VmHooks;
 use devices::virtio::transport::{plug, Function, PciTransport};
 use devices::virtio::VirtioDevice;
 use devices::{Bus, VmControl};
-use loader::layout::{MemoryLayout, MMIO_HOLE_START};
+use loader::layout::{MemoryLayout, MMIO_HOLE_START, PCI_WINDOW_END};
 use loader::mptable::{PciIntx, IOAPIC_ADDR, LAPIC_ADDR};
 
 use crate::error::{Error, Result};
@@ -73,6 +75,7 @@ pub struct PciBuilder {
     root: PciRoot,
     hooks: Arc<dyn VmHooks>,
     spaces: AddressSpaces,
+    /// The lowest memory BAR placed so far: the next goes below it.
     next_mem: u64,
     next_io: u64,
     intx: Vec<PciIntx>,
@@ -89,7 +92,7 @@ impl PciBuilder {
             root: PciRoot::new(Arc::new(Mutex::new(bridge)), control),
             hooks,
             spaces,
-            next_mem: MMIO_HOLE_START,
+            next_mem: PCI_WINDOW_END,
             next_io: FIRST_IO_PORT,
             intx: Vec::new(),
         }
@@ -103,8 +106,13 @@ impl PciBuilder {
         match transport {
             Transport::Modern => {
                 let mut t = ModernTransport::new(device, slot, self.hooks.clone());
-                let addr = self.next_mem.next_multiple_of(modern::BAR_SIZE);
-                self.next_mem = addr + modern::BAR_SIZE;
+                let addr = self
+                    .next_mem
+                    .checked_sub(modern::BAR_SIZE)
+                    .map(|a| a & !(modern::BAR_SIZE - 1))
+                    .filter(|&a| a >= MMIO_HOLE_START)
+                    .ok_or(Error::PciFull)?;
+                self.next_mem = addr;
                 t.config_mut().set_bar_address(0, addr);
                 t.config_mut().set_u16(reg::COMMAND, COMMAND_MEMORY);
                 t.config_mut().set_interrupt(1, pin);

@@ -399,7 +399,7 @@ fn a_modern_bar_moved_by_the_guest_is_followed() {
     let r = check_bar_move(
         &[],
         "virtio-rng-bar-move",
-        &["old=0xc0008000 new=0xd0000000"],
+        &["old=0xfebf0000 new=0xd0000000"],
         0x0f,
     );
     assert_eq!(
