@@ -19,7 +19,7 @@ use devices::pci::{AddressSpaces, BarKind, HostBridge, Identity, PciRoot};
 use devices::virtio::transport::legacy::LegacyTransport;
 use devices::virtio::transport::modern::{self, ModernTransport};
 use devices::virtio::transport::VmHooks;
-use devices::virtio::transport::{plug, Function, PciTransport};
+use devices::virtio::transport::{plug, PciTransport};
 use devices::virtio::VirtioDevice;
 use devices::{Bus, VmControl};
 use loader::layout::{MemoryLayout, MMIO_HOLE_START, PCI_WINDOW_END};
@@ -160,13 +160,12 @@ impl PciBuilder {
     /// Attaches `t`, whose BAR0 was placed at `base`, to the buses and
     /// puts it on bus 0.
     fn plug<T: PciTransport + 'static>(&mut self, t: T, base: u64) -> Result<()> {
-        let t = plug(t, &self.spaces);
-        let placed = lock(&t).bar0();
-        if placed != Some(base) {
-            let device = lock(&t).label().to_string();
+        let f = plug(t, &self.spaces);
+        if f.bar0() != Some(base) {
+            let device = lock(f.transport()).label().to_string();
             return Err(Error::BarPlacement { device, base });
         }
-        self.root.add(Arc::new(Mutex::new(Function(t))));
+        self.root.add(Arc::new(Mutex::new(f)));
         Ok(())
     }
 

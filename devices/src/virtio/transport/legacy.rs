@@ -21,7 +21,7 @@
 //! decodes them into operations of the transport [`Core`], which checks
 //! them and runs the queues. Interrupts go out on the INTx line only. When
 //! the guest moves the I/O BAR or switches I/O decoding, the ports and the
-//! notify port's ioeventfd move together ([`super::follow_bars`]).
+//! notify port's ioeventfd move together ([`PciTransport::bar_moved`]).
 //!
 //! Notifications: all queues share the one QUEUE_NOTIFY port. Rather than
 //! one datamatch ioeventfd per queue (which [`VmHooks`] cannot express),
@@ -41,9 +41,7 @@ use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::core::{Core, Doorbell, Names, Version};
-use super::{follow_bars, BarRegisters, PciTransport, VmHooks};
-use crate::bus::SharedDevice;
-use crate::pci::bars::{touches_decoding, AddressSpaces, BarDecoder};
+use super::{BarRegisters, PciTransport, VmHooks};
 use crate::pci::config::{BarKind, ConfigSpace, Identity};
 use crate::pci::msix::Msix;
 use crate::pci::root::PciFunction;
@@ -165,8 +163,6 @@ pub struct LegacyTransport {
     slot: u8,
     config: ConfigSpace,
     bar_size: u64,
-    /// Where BAR0 is decoded, once the launcher attached the buses.
-    bars: Option<BarDecoder>,
 }
 
 impl LegacyTransport {
@@ -196,17 +192,7 @@ impl LegacyTransport {
             slot,
             config,
             bar_size: bar.size,
-            bars: None,
         }
-    }
-
-    fn sync_bars(&mut self) {
-        follow_bars(
-            self.bars.as_mut(),
-            &self.config,
-            &mut self.core,
-            reg::QUEUE_NOTIFY,
-        );
     }
 
     pub fn label(&self) -> &str {
@@ -436,26 +422,18 @@ impl PciFunction for LegacyTransport {
     fn config_write(&mut self, offset: usize, data: &[u8]) {
         log::debug!("{}: config write {offset:#04x} = {data:02x?}", self.label());
         self.config.write(offset, data);
-        if touches_decoding(offset, data.len()) {
-            self.sync_bars();
-        }
-    }
-
-    fn retry_bars(&mut self) {
-        if self.bars.as_ref().is_some_and(BarDecoder::has_refused) {
-            self.sync_bars();
-        }
     }
 }
 
 impl PciTransport for LegacyTransport {
-    fn attach_bars(&mut self, spaces: AddressSpaces, device: SharedDevice) {
-        self.bars = Some(BarDecoder::new(spaces, device, self.label()));
-        self.sync_bars();
+    fn config(&self) -> &ConfigSpace {
+        &self.config
     }
 
-    fn bar0(&self) -> Option<u64> {
-        self.bars.as_ref().and_then(|b| b.base(0))
+    fn bar_moved(&mut self, index: usize, base: Option<u64>) {
+        if index == 0 {
+            self.core.move_notify(base.map(|b| b + reg::QUEUE_NOTIFY));
+        }
     }
 
     fn label(&self) -> &str {

@@ -9,10 +9,11 @@
 //!
 //! Both PCI maps keep their BARs where the guest puts them: [`plug`]
 //! attaches a transport to the VM's buses through a
-//! [`crate::pci::BarDecoder`], and after each config write that can move a
-//! BAR or switch its decoding, [`follow_bars`] moves the bus mapping (and
-//! with it every register and the MSI-X table inside the BAR) and the
-//! queues' ioeventfds together.
+//! [`crate::pci::BarDecoder`] held by its [`Function`]; after each config
+//! write that can move a BAR or switch its decoding, the function moves the
+//! bus mapping (and with it every register and the MSI-X table inside the
+//! BAR) and the transport its queues' ioeventfds
+//! ([`PciTransport::bar_moved`]).
 
 pub mod core;
 pub mod legacy;
@@ -27,9 +28,9 @@ use std::sync::{Arc, Mutex, Weak};
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
 
-use self::core::Core;
 use super::rules::Violation;
 use crate::bus::{lock, BusDevice, SharedDevice};
+use crate::pci::bars::touches_decoding;
 use crate::pci::msix::MsiMessage;
 use crate::pci::{AddressSpaces, BarDecoder, ConfigSpace, PciFunction};
 
@@ -62,36 +63,30 @@ pub trait BarRegisters: Send {
     fn bar_write(&mut self, offset: u64, data: &[u8]);
 }
 
-/// A register map on PCI: it can be given the buses its BARs decode on.
+/// A register map on PCI, as its [`Function`] needs it to follow the BARs.
 pub trait PciTransport: BarRegisters + PciFunction {
-    /// Maps the BARs where the config space says (the launcher placed
-    /// them) through `device`, and keeps them where the guest puts them.
-    fn attach_bars(&mut self, spaces: AddressSpaces, device: SharedDevice);
-    /// Where BAR0 is decoded now (`None`: nowhere, or not attached).
-    fn bar0(&self) -> Option<u64>;
+    /// The configuration space: where the BARs are and what decodes.
+    fn config(&self) -> &ConfigSpace;
+    /// BAR `index` decodes at `base` now (`None`: nowhere): move what KVM
+    /// does at the old place without us, the queues' ioeventfds.
+    fn bar_moved(&mut self, index: usize, base: Option<u64>);
     /// "virtio-rng 00:03.0".
     fn label(&self) -> &str;
 }
 
-/// Shares `transport` and attaches its BARs to `spaces`' buses; put it on
-/// the PCI root as a [`Function`].
-pub fn plug<T: PciTransport + 'static>(transport: T, spaces: &AddressSpaces) -> Arc<Mutex<T>> {
-    let t = Arc::new(Mutex::new(transport));
-    let bar: SharedDevice = Arc::new(Mutex::new(Bar(Arc::downgrade(&t))));
-    lock(&t).attach_bars(spaces.clone(), bar);
-    t
-}
-
-/// After a config write that may have moved a BAR or switched decoding:
-/// the bus mappings follow `config`, and the notifications follow BAR0,
-/// whose notify area starts `notify` bytes in.
-fn follow_bars(bars: Option<&mut BarDecoder>, config: &ConfigSpace, core: &mut Core, notify: u64) {
-    let Some(bars) = bars else { return };
-    for (index, base) in bars.sync(config) {
-        if index == 0 {
-            core.move_notify(base.map(|b| b + notify));
-        }
-    }
+/// Shares `transport` and maps its BARs on `spaces`' buses where its
+/// config space says (the launcher placed them); returns its function for
+/// the PCI root, which keeps them where the guest puts them.
+pub fn plug<T: PciTransport + 'static>(transport: T, spaces: &AddressSpaces) -> Function<T> {
+    let transport = Arc::new(Mutex::new(transport));
+    let bar: SharedDevice = Arc::new(Mutex::new(Bar(Arc::downgrade(&transport))));
+    let label = lock(&transport).label().to_string();
+    let mut f = Function {
+        transport,
+        bars: BarDecoder::new(spaces.clone(), bar, label),
+    };
+    f.follow_bars();
+    f
 }
 
 /// One transport reached two ways: its BAR through a bus ([`Bar`]) and its
@@ -115,17 +110,45 @@ impl<T: BarRegisters> BusDevice for Bar<T> {
     }
 }
 
-/// See [`Bar`].
-pub struct Function<T>(pub Arc<Mutex<T>>);
+/// See [`Bar`]. A config write to a BAR or the command register moves
+/// the BARs' bus mappings (and with them everything inside a BAR, the
+/// MSI-X table too) and tells the transport, which moves its ioeventfds.
+pub struct Function<T> {
+    transport: Arc<Mutex<T>>,
+    bars: BarDecoder,
+}
 
-impl<T: PciFunction> PciFunction for Function<T> {
+impl<T: PciTransport> Function<T> {
+    /// Where BAR0 is decoded now.
+    pub fn bar0(&self) -> Option<u64> {
+        self.bars.base(0)
+    }
+
+    pub fn transport(&self) -> &Arc<Mutex<T>> {
+        &self.transport
+    }
+
+    fn follow_bars(&mut self) {
+        let mut t = lock(&self.transport);
+        for (index, base) in self.bars.sync(t.config()) {
+            t.bar_moved(index, base);
+        }
+    }
+}
+
+impl<T: PciTransport> PciFunction for Function<T> {
     fn config_read(&mut self, offset: usize, data: &mut [u8]) {
-        lock(&self.0).config_read(offset, data)
+        lock(&self.transport).config_read(offset, data)
     }
     fn config_write(&mut self, offset: usize, data: &[u8]) {
-        lock(&self.0).config_write(offset, data)
+        lock(&self.transport).config_write(offset, data);
+        if touches_decoding(offset, data.len()) {
+            self.follow_bars();
+        }
     }
     fn retry_bars(&mut self) {
-        lock(&self.0).retry_bars()
+        if self.bars.has_refused() {
+            self.follow_bars();
+        }
     }
 }

@@ -17,16 +17,15 @@
 //! [`Worker`] thread each; a reset stops and joins them. When the guest
 //! moves BAR0 or switches memory decoding, the bus mapping (and with it
 //! the MSI-X table) and those ioeventfds move together
-//! ([`super::follow_bars`]).
+//! ([`PciTransport::bar_moved`]).
 
 use std::sync::{Arc, Mutex};
 
 use vmm_sys_util::eventfd::EventFd;
 
 use super::core::{Core, Doorbell, Names, QueueConfig, QueueField, Version};
-use super::{follow_bars, BarRegisters, PciTransport, VmHooks};
-use crate::bus::{lock, SharedDevice};
-use crate::pci::bars::{touches_decoding, AddressSpaces, BarDecoder};
+use super::{BarRegisters, PciTransport, VmHooks};
+use crate::bus::lock;
 use crate::pci::config::{BarKind, ConfigSpace, Identity};
 use crate::pci::msix::{self, Msix, MsixChange};
 use crate::pci::root::PciFunction;
@@ -130,8 +129,6 @@ pub struct ModernTransport {
     /// Where the MSI-X capability sits in config space.
     msix_cap: usize,
     msix: Arc<Mutex<Msix>>,
-    /// Where BAR0 is decoded, once the launcher attached the buses.
-    bars: Option<BarDecoder>,
 }
 
 /// One ioeventfd per queue at `NOTIFY + 4·queue` in BAR0.
@@ -251,12 +248,7 @@ impl ModernTransport {
             vendor_caps,
             msix_cap,
             msix: Arc::new(Mutex::new(Msix::new(vectors))),
-            bars: None,
         }
-    }
-
-    fn sync_bars(&mut self) {
-        follow_bars(self.bars.as_mut(), &self.config, &mut self.core, NOTIFY);
     }
 
     pub fn label(&self) -> &str {
@@ -521,9 +513,6 @@ impl PciFunction for ModernTransport {
             );
         }
         self.config.write(offset, data);
-        if touches_decoding(offset, data.len()) {
-            self.sync_bars();
-        }
         // The MSI-X message control word follows the capability header.
         let mx = self.msix_cap;
         if offset <= mx + 3 && offset + data.len() > mx + 2 {
@@ -541,22 +530,17 @@ impl PciFunction for ModernTransport {
             self.apply(changes);
         }
     }
-
-    fn retry_bars(&mut self) {
-        if self.bars.as_ref().is_some_and(BarDecoder::has_refused) {
-            self.sync_bars();
-        }
-    }
 }
 
 impl PciTransport for ModernTransport {
-    fn attach_bars(&mut self, spaces: AddressSpaces, device: SharedDevice) {
-        self.bars = Some(BarDecoder::new(spaces, device, self.label()));
-        self.sync_bars();
+    fn config(&self) -> &ConfigSpace {
+        &self.config
     }
 
-    fn bar0(&self) -> Option<u64> {
-        self.bars.as_ref().and_then(|b| b.base(0))
+    fn bar_moved(&mut self, index: usize, base: Option<u64>) {
+        if index == 0 {
+            self.core.move_notify(base.map(|b| b + NOTIFY));
+        }
     }
 
     fn label(&self) -> &str {

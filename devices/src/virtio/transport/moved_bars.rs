@@ -13,7 +13,7 @@ use vm_memory::{Bytes, GuestAddress};
 use super::legacy::{self, LegacyTransport};
 use super::modern::{self, common, ModernTransport, MSIX_TABLE, NOTIFY};
 use super::testing::{wait_for, FakeHooks, RAM};
-use super::{plug, Function, PciTransport};
+use super::{plug, PciTransport};
 use crate::bus::{lock, Bus};
 use crate::control::{Requests, VmControl};
 use crate::pci::config::{reg as pcireg, BarKind, COMMAND_IO, COMMAND_MEMORY};
@@ -64,9 +64,9 @@ impl Machine {
 
     /// Puts `t`, whose BAR0 is at `base` and decoded, on bus 0.
     fn add<T: PciTransport + 'static>(&self, t: T, base: u64) {
-        let t = plug(t, &self.spaces);
-        assert_eq!(lock(&t).bar0(), Some(base));
-        lock(&self.root).add(Arc::new(Mutex::new(Function(t))));
+        let f = plug(t, &self.spaces);
+        assert_eq!(f.bar0(), Some(base));
+        lock(&self.root).add(Arc::new(Mutex::new(f)));
     }
 
     /// A modern rng in slot `slot` with BAR0 at `base`.
