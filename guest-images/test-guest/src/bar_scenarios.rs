@@ -174,12 +174,18 @@ fn modern(_: &Cmdline) -> ! {
     served(&mut vq, |vq| m.notify(vq));
 
     let b = read_random(&m, &mut vq, 3);
+    end(&a, &b, m.status())
+}
+
+/// Prints the random bytes read before and after the move and the status,
+/// and ends the scenario.
+fn end(a: &[u8], b: &[u8], status: u8) -> ! {
     print!("GUEST-RNG-MOVED a=");
-    print_hex(&a);
+    print_hex(a);
     print!(" b=");
-    print_hex(&b);
+    print_hex(b);
     println!();
-    println!("GUEST-STATUS {:#04x}", m.status());
+    println!("GUEST-STATUS {status:#04x}");
     if a == b {
         fail("the two random reads are equal");
     }
@@ -228,14 +234,5 @@ fn legacy(_: &Cmdline) -> ! {
         fail("the ports of the first move still answer");
     }
     let b = legacy_scenarios::read_random(&m2, &mut vq, 2);
-    print!("GUEST-RNG-MOVED a=");
-    print_hex(&a);
-    print!(" b=");
-    print_hex(&b);
-    println!();
-    println!("GUEST-STATUS {:#04x}", m2.status());
-    if a == b {
-        fail("the two random reads are equal");
-    }
-    finish()
+    end(&a, &b, m2.status())
 }
