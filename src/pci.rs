@@ -6,10 +6,10 @@
 //! top (just below the IOAPIC) down, as SeaBIOS places them; legacy
 //! functions an I/O BAR from port 0xc000 up, as a PC BIOS would. (An OS
 //! that reassigns BARs, Linux on a rescan, allocates from the bottom of
-//! both, so it really moves them.) Each slot's INTA# goes to its own IOAPIC pin, listed for the
-//! MP table and ACPI ([`PciIntx`]). After that the BARs are the guest's:
-//! `devices::pci::bars` follows it when it moves one, kept off what
-//! [`address_spaces`] reserves.
+//! both, so it really moves them.) Each slot's INTA# goes to its own
+//! IOAPIC pin, listed for the MP table and ACPI ([`PciIntx`]). After that
+//! the BARs are the guest's: `devices::pci::bars` follows it when it moves
+//! one, kept off what [`address_spaces`] reserves.
 
 use std::sync::{Arc, Mutex};
 

@@ -61,8 +61,8 @@ struct Reserved {
 }
 
 /// The two buses BARs land on, shared by every function, and the ranges
-/// KVM serves itself. The buses are held weakly: the buses own the
-/// functions' BAR devices, which own their decoders.
+/// KVM serves itself. The buses are held weakly: the port-I/O bus owns the
+/// PCI root, which owns the functions and so their decoders.
 #[derive(Clone)]
 pub struct AddressSpaces {
     mmio: Weak<Bus>,

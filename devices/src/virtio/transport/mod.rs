@@ -23,7 +23,7 @@ mod moved_bars;
 #[cfg(test)]
 pub(crate) mod testing;
 
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex};
 
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
@@ -79,7 +79,7 @@ pub trait PciTransport: BarRegisters + PciFunction {
 /// the PCI root, which keeps them where the guest puts them.
 pub fn plug<T: PciTransport + 'static>(transport: T, spaces: &AddressSpaces) -> Function<T> {
     let transport = Arc::new(Mutex::new(transport));
-    let bar: SharedDevice = Arc::new(Mutex::new(Bar(Arc::downgrade(&transport))));
+    let bar: SharedDevice = Arc::new(Mutex::new(Bar(transport.clone())));
     let label = lock(&transport).label().to_string();
     let mut f = Function {
         transport,
@@ -90,29 +90,23 @@ pub fn plug<T: PciTransport + 'static>(transport: T, spaces: &AddressSpaces) -> 
 }
 
 /// One transport reached two ways: its BAR through a bus ([`Bar`]) and its
-/// configuration space through the PCI root ([`Function`]). The bus holds
-/// the BAR, the BAR's decoder (inside the transport) holds the bus device:
-/// a weak reference here breaks that cycle. A BAR whose transport is gone
-/// reads as all ones.
-pub struct Bar<T>(pub Weak<Mutex<T>>);
+/// configuration space through the PCI root ([`Function`]).
+pub struct Bar<T>(pub Arc<Mutex<T>>);
 
 impl<T: BarRegisters> BusDevice for Bar<T> {
     fn read(&mut self, offset: u64, data: &mut [u8]) {
-        match self.0.upgrade() {
-            Some(t) => lock(&t).bar_read(offset, data),
-            None => data.fill(0xff),
-        }
+        lock(&self.0).bar_read(offset, data)
     }
     fn write(&mut self, offset: u64, data: &[u8]) {
-        if let Some(t) = self.0.upgrade() {
-            lock(&t).bar_write(offset, data)
-        }
+        lock(&self.0).bar_write(offset, data)
     }
 }
 
 /// See [`Bar`]. A config write to a BAR or the command register moves
 /// the BARs' bus mappings (and with them everything inside a BAR, the
 /// MSI-X table too) and tells the transport, which moves its ioeventfds.
+/// The decoder holds the buses weakly: the buses hold the PCI root, which
+/// holds this.
 pub struct Function<T> {
     transport: Arc<Mutex<T>>,
     bars: BarDecoder,
