@@ -41,6 +41,8 @@ pub enum Error {
     PciFull,
     #[error("cannot place a device: {0}")]
     Bus(#[from] devices::BusError),
+    #[error("cannot place {device}'s BAR at {base:#x}: the range is taken")]
+    BarPlacement { device: String, base: u64 },
     #[error("cannot {what}: {source}")]
     Io {
         what: String,

@@ -133,7 +133,7 @@ impl Vm {
 
         let (control, requests) =
             VmControl::new().map_err(Error::io("create the request channel's eventfd"))?;
-        let mut pio = Bus::new();
+        let pio = Arc::new(Bus::new());
         let irq = |gsi: u32| -> Result<EventFd> {
             let fd = EventFd::new(libc::EFD_NONBLOCK).map_err(Error::io("create an eventfd"))?;
             vm.register_irqfd(&fd, gsi)
@@ -171,13 +171,15 @@ impl Vm {
             .install_routes()
             .map_err(Error::io("set up interrupt routing"))?;
         let console_input = InputQueue::new().map_err(Error::io("create an eventfd"))?;
-        let mut mmio = Bus::new();
+        let mmio = Arc::new(Bus::new());
         let bridge = if config.vmd {
             HostBridge::with_identity(vmd_identity_bridge())
         } else {
             HostBridge::new()
         };
-        let mut pci = PciBuilder::new(bridge, control.clone(), hooks.clone());
+        let tss = (KVM_TSS_ADDR as u64, 0x3000);
+        let spaces = crate::pci::address_spaces(&mmio, &pio, &layout, tss);
+        let mut pci = PciBuilder::new(bridge, control.clone(), hooks.clone(), spaces);
         let transport = |ty: u16| match (config.vmd, config.legacy) {
             (true, _) => {
                 Transport::Legacy(Some((legacy::vmd_identity(ty), legacy::DEFAULT_BAR_SIZE)))
@@ -236,7 +238,7 @@ impl Vm {
         }
         for device in devices {
             let t = transport(device.device_type());
-            pci.add(device, t, &mut mmio, &mut pio)?;
+            pci.add(device, t)?;
         }
         let vmmci = if config.vmmci {
             let events = control.clone();
@@ -251,7 +253,7 @@ impl Vm {
             .map_err(Error::io("create vmmci's timer"))?;
             // vmmci is always last, as in vmd.
             let t = Transport::Legacy(Some((vmmci::IDENTITY, vmmci::BAR_SIZE)));
-            pci.add(Box::new(device), t, &mut mmio, &mut pio)?;
+            pci.add(Box::new(device), t)?;
             Some(handle)
         } else {
             None
@@ -268,8 +270,6 @@ impl Vm {
         )?;
         let pm = PowerManagement::new(control.clone());
         pio.insert(Arc::new(Mutex::new(pm)), ports::PM, ports::PM_LEN)?;
-        let pio = Arc::new(pio);
-        let mmio = Arc::new(mmio);
 
         let base_cpuid = kvm
             .get_supported_cpuid(kvm_bindings::KVM_MAX_CPUID_ENTRIES)

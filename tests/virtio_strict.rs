@@ -12,6 +12,11 @@
 //!   the rule and its section; with `--lenient` the guest runs on and sees
 //!   DEVICE_NEEDS_RESET. Anything less is one warning line and the guest
 //!   runs on, unless `--warnings-as-errors`.
+//! - `virtio-rng-bar-move`, `virtio-rng-legacy-bar-move`: a well-behaved
+//!   driver moves the live function's BAR as an OS re-enumerating the bus
+//!   does; the device must follow (old address silent, notifications at
+//!   the old address served by nobody, decoding by the command register,
+//!   the MSI-X table along) and go on serving random bytes.
 //! - `FeaturesOkRefused` (§3.1.1) follows a refused FEATURES_OK, whose
 //!   cause (`FeatureNotOffered`) already stops a strict launcher, so it is
 //!   checked with `--lenient` only (`bad-features-ok-refused`).
@@ -341,5 +346,75 @@ fn lenient_device_refuses_features_ok_for_features_it_does_not_offer() {
         0,
         "§2.2.2: the device must fail to set FEATURES_OK for an unsupported feature set; status {s:#04x}\n{}",
         r.output
+    );
+}
+
+/// The `GUEST-<key> ...` line of a run, or a panic with the output.
+fn guest_line<'a>(output: &'a str, key: &str) -> &'a str {
+    output
+        .lines()
+        .find(|l| l.starts_with(&format!("GUEST-{key} ")))
+        .unwrap_or_else(|| panic!("no GUEST-{key} line:\n{output}"))
+}
+
+/// A guest moving the live rng's BAR as an OS re-enumerating the bus does
+/// (test guest: bar_scenarios.rs): `moves` are the `old=… new=…` it made.
+/// The old address must read all ones and a notification written there
+/// must reach nobody, decoding must follow the command register, the
+/// device must serve random bytes where it is now, and nothing is reported.
+fn check_bar_move(flags: &[&str], scenario: &str, moves: &[&str], status: u8) -> Run {
+    let r = run(flags, scenario);
+    common::assert_clean(r.code, &r.output);
+    assert!(
+        !r.stderr.contains("launcher:"),
+        "a BAR move was reported:\n{}",
+        r.output
+    );
+    let moved: Vec<&str> = r
+        .output
+        .lines()
+        .filter_map(|l| l.strip_prefix("GUEST-BAR-MOVED "))
+        .collect();
+    assert_eq!(moved, moves, "{}", r.output);
+    assert_eq!(
+        guest_line(&r.output, "BAR-OLD"),
+        "GUEST-BAR-OLD status=0xff kicked=no",
+        "the old address still answers"
+    );
+    let decode = guest_line(&r.output, "BAR-DECODE");
+    assert!(
+        decode.starts_with("GUEST-BAR-DECODE off=0xff kicked=no on=")
+            && !decode.ends_with("on=0xff"),
+        "decoding does not follow the command register: {decode}"
+    );
+    let line = guest_line(&r.output, "RNG-MOVED");
+    let (a, b) = (random_value(line, "a="), random_value(line, "b="));
+    assert_ne!(a, b, "two reads returned the same bytes");
+    assert_eq!(guest_status(&r.output), Some(status), "{}", r.output);
+    r
+}
+
+#[test]
+fn a_modern_bar_moved_by_the_guest_is_followed() {
+    let r = check_bar_move(
+        &[],
+        "virtio-rng-bar-move",
+        &["old=0xfebf0000 new=0xd0000000"],
+        0x0f,
+    );
+    assert_eq!(
+        guest_line(&r.output, "BAR-MSIX"),
+        "GUEST-BAR-MSIX new=0x31 old=0xffffffff",
+        "the MSI-X table did not move with BAR0"
+    );
+}
+
+#[test]
+fn a_legacy_bar_moved_by_the_guest_is_followed() {
+    check_bar_move(
+        &["--legacy"],
+        "virtio-rng-legacy-bar-move",
+        &["old=0xc100 new=0x1000", "old=0x1000 new=0x1400"],
+        0x07,
     );
 }

@@ -29,7 +29,7 @@ use acpi_tables::xsdt::XSDT;
 use acpi_tables::Aml;
 use vm_memory::{GuestAddress, GuestMemoryError};
 
-use crate::layout::{HIMEM_START, MMIO_HOLE_START};
+use crate::layout::{HIMEM_START, MMIO_HOLE_START, PCI_WINDOW_END};
 use crate::mptable::{check_cpus, PciIntx, IOAPIC_ADDR, LAPIC_ADDR, TIMER_IOAPIC_PIN};
 use crate::{write_guest, Error, GuestMemory, Result};
 
@@ -97,7 +97,7 @@ const MAX_PRT_ENTRIES: usize = 255;
 const PCI_CONFIG_PORT: u16 = 0xcf8;
 const PCI_CONFIG_PORT_END: u16 = 0xcff;
 const PCI_MMIO_START: u32 = MMIO_HOLE_START as u32;
-const PCI_MMIO_END: u32 = 0xfebf_ffff;
+const PCI_MMIO_END: u32 = (PCI_WINDOW_END - 1) as u32;
 
 /// Builds the tables and writes them to guest memory; returns the RSDP's
 /// address, for `boot_params.acpi_rsdp_addr`.

@@ -16,7 +16,7 @@ use vm_memory::{Bytes, GuestAddress};
 use crate::kernel::{LoadedKernel, HDRS_MAGIC};
 use crate::layout::{
     MemoryLayout, CMDLINE_ADDR, CMDLINE_AREA_END, EBDA_START, HIMEM_START, MMIO_HOLE_END,
-    MMIO_HOLE_START, RNG_SEED_ADDR, ZERO_PAGE_ADDR,
+    PCI_WINDOW_END, RNG_SEED_ADDR, ZERO_PAGE_ADDR,
 };
 use crate::{write_guest, Error, GuestMemory, Result};
 
@@ -38,7 +38,8 @@ const SETUP_DATA_HEADER_LEN: usize = 16;
 const PAGE_SIZE: u64 = 0x1000;
 
 /// The e820 map for `layout`: low RAM, the reserved EBDA/BIOS area with
-/// the MP table, RAM from 1 MiB, the reserved MMIO hole, RAM above 4 GiB.
+/// the MP table, RAM from 1 MiB, the reserved top of the MMIO hole (from
+/// the IOAPIC up; the PCI window below it is a gap), RAM above 4 GiB.
 pub fn e820_table(layout: &MemoryLayout) -> Vec<boot_e820_entry> {
     let entry = |addr: u64, end: u64, r#type: u32| boot_e820_entry {
         addr,
@@ -49,7 +50,7 @@ pub fn e820_table(layout: &MemoryLayout) -> Vec<boot_e820_entry> {
         entry(0, EBDA_START, E820_RAM),
         entry(EBDA_START, HIMEM_START, E820_RESERVED),
         entry(HIMEM_START, layout.low_ram_end(), E820_RAM),
-        entry(MMIO_HOLE_START, MMIO_HOLE_END, E820_RESERVED),
+        entry(PCI_WINDOW_END, MMIO_HOLE_END, E820_RESERVED),
     ];
     if let Some((start, len)) = layout.high_ram() {
         table.push(entry(start, start + len, E820_RAM));
@@ -232,6 +233,7 @@ pub fn write_zero_page(mem: &GuestMemory, params: &boot_params) -> Result<GuestA
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::layout::MMIO_HOLE_START;
     use crate::testutil::MIB;
 
     fn table(mb: u64) -> Vec<(u64, u64, u32)> {
@@ -250,7 +252,7 @@ mod tests {
                 (0, 0x9_fc00, E820_RAM),
                 (0x9_fc00, 0x400 + 0x6_0000, E820_RESERVED),
                 (0x10_0000, 0x400_0000 - 0x10_0000, E820_RAM),
-                (0xc000_0000, 0x4000_0000, E820_RESERVED),
+                (0xfec0_0000, 0x140_0000, E820_RESERVED),
             ]
         );
     }
@@ -263,7 +265,7 @@ mod tests {
                 (0, 0x9_fc00, E820_RAM),
                 (0x9_fc00, 0x6_0400, E820_RESERVED),
                 (0x10_0000, 0xbb80_0000 - 0x10_0000, E820_RAM),
-                (0xc000_0000, 0x4000_0000, E820_RESERVED),
+                (0xfec0_0000, 0x140_0000, E820_RESERVED),
             ]
         );
     }
@@ -276,7 +278,7 @@ mod tests {
                 (0, 0x9_fc00, E820_RAM),
                 (0x9_fc00, 0x6_0400, E820_RESERVED),
                 (0x10_0000, 0xc000_0000 - 0x10_0000, E820_RAM),
-                (0xc000_0000, 0x4000_0000, E820_RESERVED),
+                (0xfec0_0000, 0x140_0000, E820_RESERVED),
                 (0x1_0000_0000, 0x7880_0000, E820_RAM),
             ]
         );

@@ -6,7 +6,8 @@
 //! KVM, and the rest of this crate places the kernel, initrd and tables
 //! inside that RAM. RAM starts at 0; [`MMIO_HOLE_START`]..[`MMIO_HOLE_END`]
 //! is never RAM (PCI BARs, IOAPIC, LAPIC live there); whatever does not fit
-//! below the hole continues at 4 GiB.
+//! below the hole continues at 4 GiB. The hole's PCI window, up to
+//! [`PCI_WINDOW_END`], is left out of the e820 map.
 //!
 //! Low memory map (all below 1 MiB, all inside RAM for any valid layout):
 //!
@@ -29,6 +30,11 @@ use crate::{Error, Result};
 pub const MMIO_HOLE_START: u64 = 0xC000_0000;
 /// 4 GiB: RAM resumes here when the guest has more than 3 GiB.
 pub const MMIO_HOLE_END: u64 = 0x1_0000_0000;
+/// The end of the 32-bit PCI window `[MMIO_HOLE_START, PCI_WINDOW_END)`,
+/// where the IOAPIC starts. The window is in no e820 entry, as on a PC, so
+/// that the OS may assign BARs there (Linux allocates nothing inside an
+/// e820 entry); from here to 4 GiB (IOAPIC, LAPIC, KVM's TSS) is reserved.
+pub const PCI_WINDOW_END: u64 = 0xfec0_0000;
 /// Below this a kernel, its decompression space and an initrd cannot fit.
 pub const MIN_MEM_BYTES: u64 = 16 << 20;
 

@@ -106,7 +106,7 @@ fn zero_page_fields_for_elf() {
             (0, 0x9fc00, E820_RAM),
             (0x9fc00, 0x100000 - 0x9fc00, E820_RESERVED),
             (0x100000, 64 * MIB - 0x100000, E820_RAM),
-            (0xc000_0000, 0x4000_0000, E820_RESERVED),
+            (0xfec0_0000, 0x140_0000, E820_RESERVED),
         ]
     );
 

@@ -8,9 +8,14 @@
 //!
 //! A byte write to 0xCF9 is the PC's reset control register: bit 2 with
 //! bit 1 asks for a reset, which Linux uses for `reboot=pci`.
+//!
+//! After a write that can move a BAR or switch its decoding, every function
+//! gets [`PciFunction::retry_bars`]: a placement refused because another
+//! function's BAR was in the way may be possible now.
 
 use std::sync::{Arc, Mutex};
 
+use super::bars::touches_decoding;
 use super::config::{ConfigSpace, Identity};
 use crate::bus::{lock, BusDevice};
 use crate::control::{VmControl, VmRequest};
@@ -24,6 +29,9 @@ pub const SLOTS: usize = 32;
 pub trait PciFunction: Send {
     fn config_read(&mut self, offset: usize, data: &mut [u8]);
     fn config_write(&mut self, offset: usize, data: &[u8]);
+    /// Some function's BARs moved or stopped decoding: map any BAR of this
+    /// one whose placement was refused because something was in the way.
+    fn retry_bars(&mut self) {}
 }
 
 pub type SharedFunction = Arc<Mutex<dyn PciFunction>>;
@@ -113,7 +121,13 @@ impl BusDevice for PciRoot {
             }
             4..=7 => {
                 if let Some((f, reg)) = self.target() {
-                    lock(&f).config_write(reg + (offset as usize - 4), data);
+                    let at = reg + (offset as usize - 4);
+                    lock(&f).config_write(at, data);
+                    if touches_decoding(at, data.len()) {
+                        for g in self.slots.iter().flatten() {
+                            lock(g).retry_bars();
+                        }
+                    }
                 }
             }
             _ => {}

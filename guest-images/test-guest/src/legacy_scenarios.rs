@@ -51,14 +51,14 @@ pub fn run(name: &str, cmdline: &Cmdline) {
 }
 
 /// A legacy virtio function: its I/O BAR.
-struct Legacy {
-    io: u16,
+pub(crate) struct Legacy {
+    pub io: u16,
 }
 
 impl Legacy {
     /// Start line, PCI listing, the legacy rng found, I/O space and bus
     /// mastering enabled, the device reset and ACKNOWLEDGE | DRIVER set.
-    fn start() -> Legacy {
+    pub(crate) fn start() -> Legacy {
         println!("GUEST-TEST-START");
         pci::enumerate();
         let io = virtio::legacy_function(VENDOR, RNG_LEGACY_DEVICE, "virtio-rng");
@@ -70,16 +70,16 @@ impl Legacy {
         d
     }
 
-    fn status(&self) -> u8 {
+    pub(crate) fn status(&self) -> u8 {
         inb(self.io + reg::STATUS)
     }
 
-    fn set_status(&self, s: u8) {
+    pub(crate) fn set_status(&self, s: u8) {
         outb(self.io + reg::STATUS, s)
     }
 
     /// Queue 0 selected; its (fixed) size, which must fit [`RING`].
-    fn queue0(&self) -> Vq {
+    pub(crate) fn queue0(&self) -> Vq {
         outw(self.io + reg::QUEUE_SEL, 0);
         let size = inw(self.io + reg::QUEUE_NUM);
         if size == 0 || size > 256 || !size.is_power_of_two() {
@@ -89,17 +89,17 @@ impl Legacy {
         Vq::legacy_at(0, size, RING.addr())
     }
 
-    fn set_pfn(&self, vq: &Vq) {
+    pub(crate) fn set_pfn(&self, vq: &Vq) {
         outl(self.io + reg::QUEUE_PFN, (vq.desc >> 12) as u32);
     }
 
-    fn notify(&self, vq: &Vq) {
+    pub(crate) fn notify(&self, vq: &Vq) {
         outw(self.io + reg::QUEUE_NOTIFY, vq.index);
     }
 }
 
 /// One request for 32 device-writable bytes in buffer `n`.
-fn read_random(d: &Legacy, vq: &mut Vq, n: u64) -> [u8; RANDOM_BYTES] {
+pub(crate) fn read_random(d: &Legacy, vq: &mut Vq, n: u64) -> [u8; RANDOM_BYTES] {
     let head = (n % u64::from(vq.size)) as u16;
     let addr = buffer(n);
     vq.set_desc(head, addr, RANDOM_BYTES as u32, DESC_WRITE, 0);
@@ -125,16 +125,23 @@ fn print_hex(bytes: &[u8]) {
     }
 }
 
-/// The well-behaved legacy driver: two requests of 32 bytes.
-fn rng_legacy(_: &Cmdline) -> ! {
+/// The well-behaved legacy driver's set-up: no features, queue 0 placed
+/// by PFN, DRIVER_OK.
+pub(crate) fn ready() -> (Legacy, Vq) {
     let d = Legacy::start();
     let host = inl(d.io + reg::HOST_FEATURES);
     // virtio-rng has no device features a driver needs.
     outl(d.io + reg::GUEST_FEATURES, 0);
     println!("GUEST-VIRTIO-FEATURES offered={host:#x} accepted=0x0");
-    let mut vq = d.queue0();
+    let vq = d.queue0();
     d.set_pfn(&vq);
     d.set_status(status::ACKNOWLEDGE | status::DRIVER | status::DRIVER_OK);
+    (d, vq)
+}
+
+/// The well-behaved legacy driver: two requests of 32 bytes.
+fn rng_legacy(_: &Cmdline) -> ! {
+    let (d, mut vq) = ready();
     let a = read_random(&d, &mut vq, 0);
     let b = read_random(&d, &mut vq, 1);
     print!("GUEST-RNG-LEGACY a=");

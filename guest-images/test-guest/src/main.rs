@@ -16,6 +16,7 @@
 #![no_main]
 
 pub mod acpi;
+pub mod bar_scenarios;
 pub mod blk_scenarios;
 pub mod boot;
 pub mod bootinfo;

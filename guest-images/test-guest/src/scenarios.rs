@@ -40,6 +40,7 @@ pub fn run(cmdline: &Cmdline) -> ! {
     crate::net_scenarios::run(name, cmdline);
     crate::legacy_scenarios::run(name, cmdline);
     crate::vmmci_scenarios::run(name, cmdline);
+    crate::bar_scenarios::run(name, cmdline);
     panic!("unknown scenario {name:?}")
 }
 

@@ -135,7 +135,7 @@ fn start() -> Device {
 }
 
 /// A fully initialised device (VERSION_1 only) with queue 0 live.
-fn ready() -> (Device, Vq) {
+pub(crate) fn ready() -> (Device, Vq) {
     let d = start();
     d.init();
     let mut vq = Vq::new(0, QSIZE);
@@ -145,7 +145,7 @@ fn ready() -> (Device, Vq) {
 }
 
 /// One request for `RANDOM_BYTES` device-writable bytes in buffer `n`.
-fn read_random(d: &Device, vq: &mut Vq, n: u64) -> [u8; RANDOM_BYTES] {
+pub(crate) fn read_random(d: &Device, vq: &mut Vq, n: u64) -> [u8; RANDOM_BYTES] {
     let head = (n % u64::from(vq.size)) as u16;
     let addr = buffer(n);
     vq.set_desc(head, addr, RANDOM_BYTES as u32, DESC_WRITE, 0);
@@ -165,7 +165,7 @@ fn read_random(d: &Device, vq: &mut Vq, n: u64) -> [u8; RANDOM_BYTES] {
     out
 }
 
-fn print_hex(bytes: &[u8]) {
+pub(crate) fn print_hex(bytes: &[u8]) {
     for b in bytes {
         print!("{b:02x}");
     }

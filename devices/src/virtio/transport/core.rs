@@ -240,6 +240,9 @@ pub struct Core {
     /// How many MSI-X vectors the function has (0: INTx only).
     msix_vectors: u16,
     doorbell: Box<dyn Doorbell>,
+    /// Whether the register map's notify area is decoded at all (its BAR
+    /// enabled and placed); the doorbell is connected only while it is.
+    notify_decoded: bool,
     status: u8,
     /// The device refused FEATURES_OK since the last reset (§3.1.1): the
     /// driver must not set up queues or set DRIVER_OK.
@@ -322,6 +325,7 @@ impl Core {
             interrupt: None,
             msix_vectors,
             doorbell,
+            notify_decoded: true,
             status: 0,
             features_refused: false,
             driver_features: 0,
@@ -1161,6 +1165,33 @@ impl Core {
         }
     }
 
+    /// The register map's notify area moved (the guest moved its BAR or
+    /// switched its decoding): `base` is where it decodes now, `None`
+    /// while it decodes nowhere. Running queues' notifications follow: the
+    /// doorbell is disconnected from the old place and connected at the
+    /// new one, so a kick at the old address no longer reaches a worker.
+    pub fn move_notify(&mut self, base: Option<u64>) {
+        self.notify_decoded = base.is_some();
+        if self.running.is_empty() {
+            return;
+        }
+        self.doorbell.disconnect(self.hooks.as_ref(), &self.label);
+        if let Some(base) = base {
+            self.connect_doorbell(base);
+        }
+    }
+
+    /// Connects the doorbell at `base` for every running queue.
+    fn connect_doorbell(&mut self, base: u64) {
+        let kicks: Vec<(u16, &EventFd)> = self.running.iter().map(|r| (r.index, &r.kick)).collect();
+        let names = Names {
+            label: &self.label,
+            threads: &self.thread_prefix,
+        };
+        self.doorbell
+            .connect(self.hooks.as_ref(), names, base, &kicks);
+    }
+
     /// DRIVER_OK: the device starts work.
     fn activate(&mut self, notify_base: u64) {
         if self.version == Version::Legacy && self.trace.wants(Detail::Life) {
@@ -1239,13 +1270,9 @@ impl Core {
         if before > 0 {
             self.doorbell.disconnect(self.hooks.as_ref(), &self.label);
         }
-        let kicks: Vec<(u16, &EventFd)> = self.running.iter().map(|r| (r.index, &r.kick)).collect();
-        let names = Names {
-            label: &self.label,
-            threads: &self.thread_prefix,
-        };
-        self.doorbell
-            .connect(self.hooks.as_ref(), names, notify_base, &kicks);
+        if self.notify_decoded {
+            self.connect_doorbell(notify_base);
+        }
     }
 
     /// Whether the workers earlier resets left behind (stuck in host I/O)

@@ -19,7 +19,9 @@
 //! Guest accesses arrive from a vCPU through the port-I/O bus
 //! ([`super::Bar`]) or config mechanism #1 ([`super::Function`]); this map
 //! decodes them into operations of the transport [`Core`], which checks
-//! them and runs the queues. Interrupts go out on the INTx line only.
+//! them and runs the queues. Interrupts go out on the INTx line only. When
+//! the guest moves the I/O BAR or switches I/O decoding, the ports and the
+//! notify port's ioeventfd move together ([`PciTransport::bar_moved`]).
 //!
 //! Notifications: all queues share the one QUEUE_NOTIFY port. Rather than
 //! one datamatch ioeventfd per queue (which [`VmHooks`] cannot express),
@@ -39,7 +41,7 @@ use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::core::{Core, Doorbell, Names, Version};
-use super::{BarRegisters, VmHooks};
+use super::{BarRegisters, PciTransport, VmHooks};
 use crate::pci::config::{BarKind, ConfigSpace, Identity};
 use crate::pci::msix::Msix;
 use crate::pci::root::PciFunction;
@@ -58,7 +60,7 @@ const PFN_SHIFT: u32 = 12;
 pub const DEVICE_CFG: u64 = 20;
 
 /// Header register offsets.
-mod reg {
+pub(crate) mod reg {
     pub const HOST_FEATURES: u64 = 0;
     pub const GUEST_FEATURES: u64 = 4;
     pub const QUEUE_PFN: u64 = 8;
@@ -420,6 +422,22 @@ impl PciFunction for LegacyTransport {
     fn config_write(&mut self, offset: usize, data: &[u8]) {
         self.core.trace_pci_config(true, offset, data);
         self.config.write(offset, data);
+    }
+}
+
+impl PciTransport for LegacyTransport {
+    fn config(&self) -> &ConfigSpace {
+        &self.config
+    }
+
+    fn bar_moved(&mut self, index: usize, base: Option<u64>) {
+        if index == 0 {
+            self.core.move_notify(base.map(|b| b + reg::QUEUE_NOTIFY));
+        }
+    }
+
+    fn label(&self) -> &str {
+        self.core.label()
     }
 }
 

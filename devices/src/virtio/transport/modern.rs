@@ -14,14 +14,17 @@
 //! Every driver access arrives here from a vCPU (through the MMIO bus or
 //! config mechanism #1) and is checked against [`Rule`]s. On DRIVER_OK the
 //! enabled queues get ioeventfds on their notify addresses and one
-//! [`Worker`] thread each; a reset stops and joins them.
+//! [`Worker`] thread each; a reset stops and joins them. When the guest
+//! moves BAR0 or switches memory decoding, the bus mapping (and with it
+//! the MSI-X table) and those ioeventfds move together
+//! ([`PciTransport::bar_moved`]).
 
 use std::sync::{Arc, Mutex};
 
 use vmm_sys_util::eventfd::EventFd;
 
 use super::core::{Core, Doorbell, Names, QueueConfig, QueueField, Version};
-use super::{BarRegisters, VmHooks};
+use super::{BarRegisters, PciTransport, VmHooks};
 use crate::bus::lock;
 use crate::pci::config::{BarKind, ConfigSpace, Identity};
 use crate::pci::msix::{self, Msix, MsixChange};
@@ -37,9 +40,9 @@ const COMMON_LEN: u64 = 0x38;
 const ISR: u64 = 0x1000;
 const DEVICE_CFG: u64 = 0x2000;
 const DEVICE_CFG_MAX: u64 = 0x1000;
-const NOTIFY: u64 = 0x3000;
+pub(crate) const NOTIFY: u64 = 0x3000;
 const NOTIFY_MULTIPLIER: u32 = 4;
-const MSIX_TABLE: u64 = 0x4000;
+pub(crate) const MSIX_TABLE: u64 = 0x4000;
 const MSIX_PBA: u64 = 0x6000;
 
 const VENDOR_CAP: u8 = 0x09;
@@ -50,7 +53,7 @@ const CFG_DEVICE: u8 = 4;
 const CFG_PCI: u8 = 5;
 
 /// Common configuration fields: (offset, width, writable).
-mod common {
+pub(crate) mod common {
     pub const DEVICE_FEATURE_SELECT: u64 = 0x00;
     pub const DEVICE_FEATURE: u64 = 0x04;
     pub const DRIVER_FEATURE_SELECT: u64 = 0x08;
@@ -530,6 +533,22 @@ impl PciFunction for ModernTransport {
             );
             self.apply(changes);
         }
+    }
+}
+
+impl PciTransport for ModernTransport {
+    fn config(&self) -> &ConfigSpace {
+        &self.config
+    }
+
+    fn bar_moved(&mut self, index: usize, base: Option<u64>) {
+        if index == 0 {
+            self.core.move_notify(base.map(|b| b + NOTIFY));
+        }
+    }
+
+    fn label(&self) -> &str {
+        self.core.label()
     }
 }
 
