@@ -56,7 +56,12 @@ fn rng(dir: &Path) {
         let mut s = Seed::default();
         s.u64(features).u8(SIZE_16);
         post(&mut s, 0, &[(0, 64, true)], false);
-        post(&mut s, 0, &[(0x100, 16, true), (0x200, 300, true)], indirect);
+        post(
+            &mut s,
+            0,
+            &[(0x100, 16, true), (0x200, 300, true)],
+            indirect,
+        );
         s.u8(USED_EVENT).u16(1);
         s.u8(RUN);
         write(dir, "rng", name, &s.0);
@@ -101,7 +106,9 @@ fn blk(dir: &Path) {
         ("read-past-end", IN, 63, &[(0x1000, 1024, true)], &[]),
     ];
     for (name, kind, sector, data, bytes) in cases {
-        for (variant, features, indirect) in [("", ALL, false), ("-legacy-indirect", 0xffff_ffff, true)] {
+        for (variant, features, indirect) in
+            [("", ALL, false), ("-legacy-indirect", 0xffff_ffff, true)]
+        {
             let mut s = Seed::default();
             s.u8(0).u8(64).blob(b"disk image").u8(1).blob(b"serial");
             s.u64(features).u8(0).u8(SIZE_16);
@@ -117,11 +124,28 @@ fn blk(dir: &Path) {
     }
     // Read-only, writethrough, two requests in one chain's worth of buffers.
     let mut s = Seed::default();
-    s.u8(1).u8(8).blob(b"").u8(0).u64(ALL).u8(1).u8(0).u8(SIZE_256);
+    s.u8(1)
+        .u8(8)
+        .blob(b"")
+        .u8(0)
+        .u64(ALL)
+        .u8(1)
+        .u8(0)
+        .u8(SIZE_256);
     fill(&mut s, 0, 0, &blk_header(OUT, 0));
-    post(&mut s, 0, &[(0, 16, false), (0x1000, 512, false), (0x3000, 1, true)], false);
+    post(
+        &mut s,
+        0,
+        &[(0, 16, false), (0x1000, 512, false), (0x3000, 1, true)],
+        false,
+    );
     fill(&mut s, 0, 0x20, &blk_header(IN, 0));
-    post(&mut s, 0, &[(0x20, 16, false), (0x1000, 512, true), (0x3001, 1, true)], false);
+    post(
+        &mut s,
+        0,
+        &[(0x20, 16, false), (0x1000, 512, true), (0x3001, 1, true)],
+        false,
+    );
     s.u8(EXTRA).u8(0).u8(RUN);
     write(dir, "blk", "read-only", &s.0);
 }
@@ -139,11 +163,23 @@ fn net(dir: &Path) {
     const ANY_LAYOUT: u64 = 1 << 27;
     // Transmit: header and frame apart, together, and with a GSO header.
     for (name, features, bufs) in [
-        ("split", VERSION_1 | MAC, &[(0u16, 12u16, false), (0x100, 60, false)][..]),
+        (
+            "split",
+            VERSION_1 | MAC,
+            &[(0u16, 12u16, false), (0x100, 60, false)][..],
+        ),
         ("together", VERSION_1 | MAC, &[(0, 72, false)][..]),
-        ("legacy-header-alone", MAC, &[(0, 10, false), (0x100, 60, false)][..]),
+        (
+            "legacy-header-alone",
+            MAC,
+            &[(0, 10, false), (0x100, 60, false)][..],
+        ),
         ("legacy-any-layout", MAC | ANY_LAYOUT, &[(0, 70, false)][..]),
-        ("all-features", ALL, &[(0, 12, false), (0x100, 60, false)][..]),
+        (
+            "all-features",
+            ALL,
+            &[(0, 12, false), (0x100, 60, false)][..],
+        ),
     ] {
         let mut s = Seed::default();
         s.u64(features).u8(SIZE_16);
@@ -161,7 +197,12 @@ fn net(dir: &Path) {
     for (name, features, bufs, frame) in [
         ("one-chain", VERSION_1 | MAC, &big[..], 80u16),
         ("mergeable", VERSION_1 | MAC | MRG_RXBUF, &small[..], 2500),
-        ("legacy", MAC, &[(0u16, 10u16, true), (0x100, 1514, true)][..], 60),
+        (
+            "legacy",
+            MAC,
+            &[(0u16, 10u16, true), (0x100, 1514, true)][..],
+            60,
+        ),
         ("all-features", ALL, &small[..], 70),
     ] {
         let mut s = Seed::default();
@@ -187,7 +228,12 @@ fn console(dir: &Path) {
     post(&mut s, LANE1, &[(0x100, 21, false)], false);
     s.u8(LANE1 | RUN);
     s.u8(EXTRA).u8(1).u8(1);
-    post(&mut s, LANE1, &[(0x100, 10, false), (0x200, 10, false)], true);
+    post(
+        &mut s,
+        LANE1,
+        &[(0x100, 10, false), (0x200, 10, false)],
+        true,
+    );
     s.u8(LANE1 | RUN);
     write(dir, "console", "both-queues", &s.0);
 }
@@ -232,7 +278,9 @@ fn queue(dir: &Path) {
     let mut s = Seed::default();
     start(&mut s, 3);
     s.u8(TABLE).u16(0x3000).bytes(&desc(0x2000, 16, NEXT, 1));
-    s.u8(TABLE).u16(0x3010).bytes(&desc(0x2100, 100, NEXT | WRITE, 2));
+    s.u8(TABLE)
+        .u16(0x3010)
+        .bytes(&desc(0x2100, 100, NEXT | WRITE, 2));
     s.u8(TABLE).u16(0x3020).bytes(&desc(0xb000, 1, WRITE, 0));
     s.u8(DESC).u16(5).bytes(&desc(0x3000, 48, INDIRECT, 0));
     s.u8(OFFER).u16(5);
@@ -477,24 +525,53 @@ fn cli(dir: &Path) {
         (
             "devices",
             &[
-                "--cpus", "2", "--block", "disk.img,ro,serial=abc", "--block", "b.img",
-                "--tunnet", "10.0.0.1:52:54:00:12:34:56", "--rng", "1024", "bzImage",
+                "--cpus",
+                "2",
+                "--block",
+                "disk.img,ro,serial=abc",
+                "--block",
+                "b.img",
+                "--tunnet",
+                "10.0.0.1:52:54:00:12:34:56",
+                "--rng",
+                "1024",
+                "bzImage",
                 "root=/dev/vda",
             ],
         ),
         (
             "vmd",
-            &["--vmd", "--control", "ctl.sock", "--lenient", "-vv", "64", "bsd", "--initrd", "rd"],
+            &[
+                "--vmd",
+                "--control",
+                "ctl.sock",
+                "--lenient",
+                "-vv",
+                "64",
+                "bsd",
+                "--initrd",
+                "rd",
+            ],
         ),
         (
             "taps",
             &[
-                "--tunnet", "bridge:br0", "--tunnet", "tap:tap0:02:00:00:00:00:01", "--legacy",
-                "--vmmci", "--warnings-as-errors", "32", "k",
+                "--tunnet",
+                "bridge:br0",
+                "--tunnet",
+                "tap:tap0:02:00:00:00:00:01",
+                "--legacy",
+                "--vmmci",
+                "--warnings-as-errors",
+                "32",
+                "k",
             ],
         ),
         ("help", &["--help"]),
-        ("conflict", &["--lenient", "--warnings-as-errors", "16", "k"]),
+        (
+            "conflict",
+            &["--lenient", "--warnings-as-errors", "16", "k"],
+        ),
         ("bad-mem", &["15", "k"]),
     ];
     for (name, args) in lines {

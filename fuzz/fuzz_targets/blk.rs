@@ -29,7 +29,9 @@ fuzz_target!(|data: &[u8]| {
         f.write_all(input.blob()).expect("writing the image");
         f.set_len(sectors * 512).expect("sizing the image");
     }
-    let serial = input.bool().then(|| String::from_utf8_lossy(input.blob()).into_owned());
+    let serial = input
+        .bool()
+        .then(|| String::from_utf8_lossy(input.blob()).into_owned());
     let mut blk = Block::open(BlockConfig {
         path,
         read_only,

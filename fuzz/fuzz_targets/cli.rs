@@ -19,8 +19,10 @@ use libfuzzer_sys::fuzz_target;
 mod cli;
 
 fuzz_target!(|data: &[u8]| {
-    let args = std::iter::once(OsString::from("launcher"))
-        .chain(data.split(|&b| b == 0).map(|a| OsString::from_vec(a.to_vec())));
+    let args = std::iter::once(OsString::from("launcher")).chain(
+        data.split(|&b| b == 0)
+            .map(|a| OsString::from_vec(a.to_vec())),
+    );
     match cli::Cli::try_parse_from(args) {
         Ok(parsed) => {
             let config = cli::VmConfig::from(parsed);

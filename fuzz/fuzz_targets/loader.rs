@@ -44,7 +44,10 @@ fuzz_target!(|data: &[u8]| {
             let ram = layout.low_ram_end();
             assert!(info.entry.0 < ram, "entry {:#x} outside RAM", info.entry.0);
             if let Some((addr, size)) = info.initrd {
-                assert!(addr.0 >= 1 << 20 && addr.0 + size <= ram, "initrd at {addr:?}+{size:#x}");
+                assert!(
+                    addr.0 >= 1 << 20 && addr.0 + size <= ram,
+                    "initrd at {addr:?}+{size:#x}"
+                );
             }
         }
         Err(e) => assert!(!e.to_string().is_empty()),

@@ -239,7 +239,13 @@ impl Driver {
             return false;
         }
         let n = bufs.len();
-        let dir = |b: &Buf| if b.writable { VRING_DESC_F_WRITE as u16 } else { 0 };
+        let dir = |b: &Buf| {
+            if b.writable {
+                VRING_DESC_F_WRITE as u16
+            } else {
+                0
+            }
+        };
         let descriptors = if indirect {
             let table = self.next_indirect;
             let len = 16 * n as u64;
@@ -251,7 +257,11 @@ impl Driver {
             };
             self.next_indirect += len;
             for (i, b) in bufs.iter().enumerate() {
-                let next = if i + 1 < n { VRING_DESC_F_NEXT as u16 } else { 0 };
+                let next = if i + 1 < n {
+                    VRING_DESC_F_NEXT as u16
+                } else {
+                    0
+                };
                 self.write_desc(table + 16 * i as u64, b, dir(b) | next, i as u16 + 1);
             }
             let t = Buf {
@@ -292,7 +302,9 @@ impl Driver {
             writable,
         });
         let slot = AVAIL + 4 + 2 * u64::from(self.avail_idx % self.size);
-        self.mem.write_obj(head, GuestAddress(slot)).expect("in RAM");
+        self.mem
+            .write_obj(head, GuestAddress(slot))
+            .expect("in RAM");
         self.avail_idx = self.avail_idx.wrapping_add(1);
         self.mem
             .write_obj(self.avail_idx, GuestAddress(AVAIL + 2))
@@ -353,10 +365,7 @@ impl Driver {
 
     /// Takes what the device put on the used ring, checking each element.
     fn reap(&mut self) {
-        let idx: u16 = self
-            .mem
-            .read_obj(GuestAddress(USED + 2))
-            .expect("in RAM");
+        let idx: u16 = self.mem.read_obj(GuestAddress(USED + 2)).expect("in RAM");
         while self.used_idx != idx {
             let at = USED + 4 + 8 * u64::from(self.used_idx % self.size);
             let id: u32 = self.mem.read_obj(GuestAddress(at)).expect("in RAM");
