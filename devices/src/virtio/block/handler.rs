@@ -360,9 +360,10 @@ impl BlockQueue {
                 format_args!("{op} sector {}, {bytes} bytes → {status}", req.sector),
             );
         }
-        // The status byte is the last byte of the last writable buffer.
-        if let Some(last) = chain.writable().last() {
-            let at = GuestAddress(last.addr.0 + u64::from(last.len) - 1);
+        // The status byte is the last byte of the writable stream: not
+        // "of the last writable buffer", which may be empty (found by the
+        // blk fuzz target; the byte went just before that buffer).
+        if let Some(&(at, _)) = pieces(chain.writable(), writable - 1, 1).first() {
             mem.write_obj(outcome.status, at)
                 .map_err(|e| memory_violation(head, e))?;
         }
@@ -1154,6 +1155,31 @@ mod tests {
         );
         assert_eq!(r.unwrap(), (S_OK, 3 * SECTOR as u32 + 1));
         assert_eq!(guest(&mem, DATA, 3 * SECTOR), disk.sectors(2, 3));
+    }
+
+    #[test]
+    fn an_empty_last_writable_buffer_holds_no_status_byte() {
+        // The status is the last byte of the writable stream: here the
+        // data buffer's, and nothing is written around the empty one.
+        let disk = TempDisk::new(8 * SECTOR);
+        let mut b = open(&disk, false, None);
+        let mut h = handler(&mut b, ALL);
+        let mem = ram();
+        header(&mem, HDR, VIRTIO_BLK_T_IN, 0);
+        mem.write_obj(0x55u8, GuestAddress(STATUS - 1)).unwrap();
+        let bufs = [
+            (HDR, 16, false),
+            (DATA, SECTOR as u32 + 1, true),
+            (STATUS, 0, true),
+        ];
+        let (q, _) = offer(&mem, ALL, &bufs);
+        let status_at = DATA + SECTOR as u64;
+        let (status, len, reported) = finish_reporting(h.as_mut(), q, &mem, status_at).unwrap();
+        assert_eq!((status, len), (S_OK, SECTOR as u32 + 1));
+        let rules: Vec<Rule> = reported.iter().map(|v| v.rule).collect();
+        assert_eq!(rules, [Rule::DescriptorZeroLength]);
+        assert_eq!(guest(&mem, DATA, SECTOR), disk.sectors(0, 1));
+        assert_eq!(mem.read_obj::<u8>(GuestAddress(STATUS - 1)).unwrap(), 0x55);
     }
 
     #[test]

@@ -20,8 +20,11 @@ pub mod legacy;
 pub mod modern;
 #[cfg(test)]
 mod moved_bars;
-#[cfg(test)]
-pub(crate) mod testing;
+/// The unit tests' fakes (hooks without KVM, a counting device), public
+/// with the `fuzzing` feature so the fuzz targets in `fuzz/` drive the
+/// transports exactly as the tests do.
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod testing;
 
 use std::sync::{Arc, Mutex};
 
