@@ -592,17 +592,8 @@ impl BlockQueue {
             }
         }
         if !reading && len > 0 {
-            match gate.outside(|| self.stable()) {
-                Err(Revoked) => return Ok(Outcome::revoked()),
-                Ok(Err(e)) => {
-                    return Ok(Outcome::status(host_error(
-                        &self.disk,
-                        req,
-                        "fdatasync",
-                        &e,
-                    )))
-                }
-                Ok(Ok(())) => {}
+            if let Err(failed) = host_io(&self.disk, req, gate, "fdatasync", || self.stable()) {
+                return Ok(failed);
             }
         }
         Ok(Outcome {
@@ -711,35 +702,24 @@ impl BlockQueue {
         if let Some(refused) = self.read_only(req) {
             return Ok(refused);
         }
+        let op = if zeroing { "write-zeroes" } else { "discard" };
+        // `zero` needs the handler mutably: the disk is reached apart.
+        let disk = Arc::clone(&self.disk);
         for (offset, len, unmap) in segments {
-            let r = gate.outside(|| {
+            let io = || {
                 if zeroing {
                     self.zero(offset, len, unmap)
                 } else {
                     self.punch(offset, len)
                 }
-            });
-            match r {
-                Err(Revoked) => return Ok(Outcome::revoked()),
-                Ok(Err(e)) => {
-                    let op = if zeroing { "write-zeroes" } else { "discard" };
-                    return Ok(Outcome::status(host_error(&self.disk, req, op, &e)));
-                }
-                Ok(Ok(())) => {}
+            };
+            if let Err(failed) = host_io(&disk, req, gate, op, io) {
+                return Ok(failed);
             }
         }
         if zeroing {
-            match gate.outside(|| self.stable()) {
-                Err(Revoked) => return Ok(Outcome::revoked()),
-                Ok(Err(e)) => {
-                    return Ok(Outcome::status(host_error(
-                        &self.disk,
-                        req,
-                        "fdatasync",
-                        &e,
-                    )))
-                }
-                Ok(Ok(())) => {}
+            if let Err(failed) = host_io(&self.disk, req, gate, "fdatasync", || self.stable()) {
+                return Ok(failed);
             }
         }
         Ok(Outcome::status(S_OK))
@@ -793,6 +773,23 @@ impl BlockQueue {
 }
 
 /// A host I/O error fails this request only; the guest sees IOERR.
+/// Runs blocking host I/O `io` on `disk` outside the gate. On failure, the
+/// request's answer: none if the device was reset meanwhile, IOERR (said
+/// through [`host_error`]) if `op` failed.
+fn host_io(
+    disk: &Disk,
+    req: &Request,
+    gate: &Gate,
+    op: &str,
+    io: impl FnOnce() -> io::Result<()>,
+) -> Result<(), Outcome> {
+    match gate.outside(io) {
+        Err(Revoked) => Err(Outcome::revoked()),
+        Ok(Err(e)) => Err(Outcome::status(host_error(disk, req, op, &e))),
+        Ok(Ok(())) => Ok(()),
+    }
+}
+
 fn host_error(disk: &Disk, req: &Request, op: &str, e: &io::Error) -> u8 {
     // Once per disk, operation and error kind; repeats are counted.
     let cause = format!("virtio-blk {} {op} {:?}", disk.path.display(), e.kind());
