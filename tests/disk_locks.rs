@@ -9,10 +9,7 @@ use common::{test_guest, Guest, TempDir, TIMEOUT};
 
 /// A 1 MiB image in `dir`.
 fn image(dir: &TempDir) -> String {
-    let p = dir.path("disk.img");
-    std::fs::File::create(&p)
-        .and_then(|f| f.set_len(1 << 20))
-        .expect("create the image");
+    let p = dir.sparse("disk.img", 1 << 20);
     p.to_str().expect("UTF-8 path").to_string()
 }
 

@@ -64,14 +64,8 @@ fn every_way_out_flushes_every_writable_disk() {
         return common::skip("strace is missing");
     }
     let dir = TempDir::new("flush");
-    let disk = dir.path("disk.img");
-    std::fs::File::create(&disk)
-        .and_then(|f| f.set_len(1 << 20))
-        .expect("create the disk image");
-    let ro = dir.path("ro.img");
-    std::fs::File::create(&ro)
-        .and_then(|f| f.set_len(1 << 20))
-        .expect("create the read-only disk image");
+    let disk = dir.sparse("disk.img", 1 << 20);
+    let ro = dir.sparse("ro.img", 1 << 20);
     // Canonical, as strace -y prints it.
     let disk = disk.canonicalize().unwrap();
     let disk_s = disk.to_str().unwrap().to_string();

@@ -52,10 +52,7 @@ fn elf_vmlinux_boots_to_init_and_reboots_by_reexec() {
     let kernel = images.join("vmlinux");
     let initrd = images.join("initramfs.cpio");
     let dir = common::TempDir::new("linux-reboot");
-    let scratch = dir.path("scratch.img");
-    std::fs::File::create(&scratch)
-        .and_then(|f| f.set_len(1 << 20))
-        .expect("create the scratch disk");
+    let scratch = dir.sparse("scratch.img", 1 << 20);
     let trace = dir.path("trace.jsonl");
     let mut g = Guest::start(&[
         "512",

@@ -126,10 +126,7 @@ fn rebind_everything(flags: &[&str], subnet: u8) {
     let dir = TempDir::new("linux-strict");
     let root = dir.path("root.ext4");
     std::fs::copy(images.join("rootfs.ext4"), &root).expect("copy the root image");
-    let scratch = dir.path("scratch.img");
-    std::fs::File::create(&scratch)
-        .and_then(|f| f.set_len(1 << 20))
-        .expect("create the scratch disk");
+    let scratch = dir.sparse("scratch.img", 1 << 20);
     let (host_ip, guest_ip) = (format!("10.0.{subnet}.1"), format!("10.0.{subnet}.2"));
     let mut cmd = ns.launcher();
     cmd.args([

@@ -19,10 +19,7 @@ use common::{test_guest, trace_events, Guest, TempDir, TIMEOUT};
 
 /// A scratch disk for virtio-blk scenarios.
 fn disk(dir: &TempDir) -> String {
-    let p = dir.path("disk.img");
-    std::fs::File::create(&p)
-        .and_then(|f| f.set_len(1 << 20))
-        .expect("create the disk");
+    let p = dir.sparse("disk.img", 1 << 20);
     p.to_str().expect("UTF-8 path").to_string()
 }
 

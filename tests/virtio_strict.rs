@@ -140,9 +140,7 @@ fn every_warning_scenario_warns_once_and_stops_with_warnings_as_errors() {
 
 /// A 1 MiB sparse disk image for the virtio-blk scenarios.
 fn small_disk(dir: &TempDir) -> String {
-    let path = dir.path("disk.img");
-    let f = std::fs::File::create(&path).unwrap();
-    f.set_len(1 << 20).unwrap();
+    let path = dir.sparse("disk.img", 1 << 20);
     path.to_str().unwrap().to_string()
 }
 

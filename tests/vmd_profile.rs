@@ -11,11 +11,7 @@ use common::TIMEOUT;
 #[test]
 fn vmd_profile_has_vmds_ids_order_and_no_virtio_console() {
     let dir = TempDir::new("vmd");
-    let disk = dir.path("disk.img");
-    std::fs::File::create(&disk)
-        .unwrap()
-        .set_len(1 << 20)
-        .unwrap();
+    let disk = dir.sparse("disk.img", 1 << 20);
     let elf = test_guest::path();
     let mut g = Guest::start(&[
         "16",

@@ -302,6 +302,15 @@ impl TempDir {
     pub fn path(&self, name: &str) -> PathBuf {
         self.0.join(name)
     }
+
+    /// A sparse, all-zero file `name` of `len` bytes (a disk image).
+    pub fn sparse(&self, name: &str, len: u64) -> PathBuf {
+        let p = self.path(name);
+        std::fs::File::create(&p)
+            .and_then(|f| f.set_len(len))
+            .unwrap_or_else(|e| panic!("create {}: {e}", p.display()));
+        p
+    }
 }
 
 impl Drop for TempDir {
