@@ -272,16 +272,22 @@ impl Tracer {
             return;
         }
         let d = &self.0;
-        let text = text.to_string();
-        if detail as u8 <= d.detail {
-            log::info!("{}: {text}", d.label);
-        }
-        if detail <= Detail::Request {
-            let mut r = d.recent.lock().unwrap_or_else(|e| e.into_inner());
-            if r.len() == RECENT {
-                r.pop_front();
+        let shown = detail as u8 <= d.detail;
+        // Register accesses are not kept for reports: no text is made for
+        // them when only the trace file wants them.
+        let kept = detail <= Detail::Request;
+        if shown || kept {
+            let text = text.to_string();
+            if shown {
+                log::info!("{}: {text}", d.label);
             }
-            r.push_back(text);
+            if kept {
+                let mut r = d.recent.lock().unwrap_or_else(|e| e.into_inner());
+                if r.len() == RECENT {
+                    r.pop_front();
+                }
+                r.push_back(text);
+            }
         }
         if d.to_file && (d.everything || !TIMING_KINDS.contains(&kind)) {
             self.to_file(kind, fields);
