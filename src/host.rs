@@ -30,6 +30,11 @@ const PVM_CMDLINE: &str = "noxsave nosmap nosmep clearcpuid=cx16,popcnt,fsgsbase
 /// for memset and memcpy. The savings quoted are of a 512 MB boot of the
 /// shared kernel to `Run /init` (docs/kvm-host.md has the profile).
 const PVM_BOOT_ARGS: &[&str] = &[
+    // The default ("embed") first per-cpu chunk zeroes a 2 MiB unit per
+    // CPU, byte by byte here, and gives most of it back at once; built
+    // from 4 KiB pages the per-cpu setup is 5 times faster (~2 % of the
+    // boot). Per-cpu data is then reached through vmalloc mappings.
+    "percpu_alloc=page",
     // Only COM1 exists, but Linux registers ttyS1..ttyS3 anyway:
     // serial8250_init takes half as long (~0.5 % of the boot).
     "8250.nr_uarts=1",
@@ -310,11 +315,11 @@ mod tests {
     fn pvm_cmdline_for_one_cpu() {
         assert_eq!(
             pvm().kernel_cmdline("console=ttyS0", 1, Some(2_300_000), true),
-            format!("console=ttyS0 {PVM_CMDLINE} 8250.nr_uarts=1 rodata=off retain_initrd")
+            format!("console=ttyS0 {PVM_CMDLINE} percpu_alloc=page 8250.nr_uarts=1 rodata=off retain_initrd")
         );
         assert_eq!(
             pvm().kernel_cmdline("", 1, None, false),
-            format!("{PVM_CMDLINE} 8250.nr_uarts=1 rodata=off")
+            format!("{PVM_CMDLINE} percpu_alloc=page 8250.nr_uarts=1 rodata=off")
         );
     }
 
@@ -324,11 +329,11 @@ mod tests {
         assert_eq!(
             smp,
             format!(
-                "console=ttyS0 {PVM_CMDLINE} nopv tsc_early_khz=2445000 8250.nr_uarts=1 rodata=off"
+                "console=ttyS0 {PVM_CMDLINE} nopv tsc_early_khz=2445000 percpu_alloc=page 8250.nr_uarts=1 rodata=off"
             )
         );
         let unknown = pvm().kernel_cmdline("", 4, None, false);
-        assert!(unknown.contains(" nopv 8250.nr_uarts=1"), "{unknown}");
+        assert!(unknown.contains(" nopv percpu_alloc=page"), "{unknown}");
         assert!(!unknown.contains("tsc_early_khz"), "{unknown}");
     }
 
@@ -350,20 +355,24 @@ mod tests {
     #[test]
     fn the_guests_own_arguments_win() {
         let line = pvm().kernel_cmdline(
-            "rodata=on 8250_core.nr-uarts=4 retain_initrd clearcpuid=sgx",
+            "rodata=on 8250_core.nr-uarts=4 retain_initrd percpu_alloc=embed clearcpuid=sgx",
             1,
             None,
             true,
         );
         assert_eq!(
             line,
-            format!("rodata=on 8250_core.nr-uarts=4 retain_initrd clearcpuid=sgx {PVM_CMDLINE}")
+            format!(
+                "rodata=on 8250_core.nr-uarts=4 retain_initrd percpu_alloc=embed clearcpuid=sgx {PVM_CMDLINE}"
+            )
         );
         // A name after `--` is init's, not the kernel's.
         let line = pvm().kernel_cmdline("quiet -- rodata=on", 1, None, false);
         assert_eq!(
             line,
-            format!("quiet {PVM_CMDLINE} 8250.nr_uarts=1 rodata=off -- rodata=on")
+            format!(
+                "quiet {PVM_CMDLINE} percpu_alloc=page 8250.nr_uarts=1 rodata=off -- rodata=on"
+            )
         );
     }
 
