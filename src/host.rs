@@ -223,10 +223,10 @@ fn smp_args(cpus: u8, tsc_khz: Option<u32>) -> Vec<String> {
 /// Splits `cmdline` at its first lone `--`: Linux hands what follows to
 /// init. The second part starts right after the `--`.
 fn split_init_args(cmdline: &str) -> (&str, Option<&str>) {
+    // Nothing, or white space (`Option::is_none_or` is newer than our MSRV).
+    let blank = |c: Option<char>| c.filter(|c| !c.is_whitespace()).is_none();
     let lone = |i: usize| {
-        let before = cmdline[..i].chars().next_back();
-        let after = cmdline[i + 2..].chars().next();
-        before.is_none_or(char::is_whitespace) && after.is_none_or(char::is_whitespace)
+        blank(cmdline[..i].chars().next_back()) && blank(cmdline[i + 2..].chars().next())
     };
     match cmdline
         .match_indices("--")
