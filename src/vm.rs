@@ -110,11 +110,12 @@ impl Vm {
             })
             .collect::<Result<Vec<_>>>()?;
         let tsc_khz = vcpu_fds.first().and_then(|fd| fd.get_tsc_khz().ok());
-        let cmdline = match host.extra_cmdline(config.cpus, tsc_khz) {
-            Some(extra) if config.cmdline.is_empty() => extra,
-            Some(extra) => format!("{} {extra}", config.cmdline),
-            None => config.cmdline.clone(),
-        };
+        let cmdline = host.kernel_cmdline(
+            &config.cmdline,
+            config.cpus,
+            tsc_khz,
+            config.initrd.is_some(),
+        );
         log::debug!("kernel command line: {cmdline}");
         let spec = loader::BootSpec {
             kernel: &config.kernel,

@@ -93,6 +93,13 @@ impl I8042 {
 
     fn command(&mut self, cmd: u8) {
         self.pending = Pending::Keyboard;
+        // A real controller's output buffer holds one byte, and a command's
+        // reply replaces it. Linux reads the "aux interface test" reply
+        // right after a loopback it rejected without reading; a stale byte
+        // there made it probe for a mouse and wait 250 ms for its IRQ.
+        if matches!(cmd, 0x20 | 0xa9 | 0xaa | 0xab) {
+            self.out.clear();
+        }
         match cmd {
             0x20 => self.reply(&[self.ctr]),
             0x60 => self.pending = Pending::WriteCtr,
@@ -220,6 +227,20 @@ mod tests {
             d.write(DATA, &[0xf2]);
         }
         assert_eq!(d.out.len(), OUT_LIMIT);
+    }
+
+    /// Linux's mouse probe: the loopback (0xd3) comes back without the
+    /// aux flag, so Linux skips that byte and sends the interface test
+    /// (0xa9), whose reply must be the next byte it reads.
+    #[test]
+    fn aux_probe_fails_at_once() {
+        let (mut d, _rx) = dev();
+        d.write(STATUS_CMD, &[0xd3]);
+        d.write(DATA, &[0x5a]);
+        assert_eq!(read(&mut d, STATUS_CMD) & STATUS_OBF, STATUS_OBF);
+        d.write(STATUS_CMD, &[0xa9]);
+        assert_eq!(read(&mut d, DATA), 0x01, "clock line stuck: no aux port");
+        assert_eq!(read(&mut d, STATUS_CMD) & STATUS_OBF, 0);
     }
 
     #[test]
