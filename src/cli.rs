@@ -20,7 +20,7 @@ pub const MAX_CPUS: u8 = 64;
     name = "launcher",
     version,
     about = "Run a Linux guest on KVM from one small, readable process",
-    after_help = "Examples:\n  launcher 512 vmlinux console=ttyS0 --initrd initramfs.cpio.gz\n  launcher --cpus 2 1024 bzImage console=ttyS0 root=/dev/vda\n\nExit codes: 0 guest powered off; 1 launcher or host error; 2 usage error;\n3 bad driver; 4 guest crashed; 128+N stopped by signal N (130: console escape).\nA guest reboot re-executes the launcher with the same arguments."
+    after_help = "Examples:\n  launcher 512 vmlinux console=ttyS0 --initrd initramfs.cpio.gz\n  launcher --cpus 2 1024 bzImage console=ttyS0 root=/dev/vda\n\nExit codes: 0 guest powered off; 1 launcher or host error; 2 usage error;\n3 bad driver; 4 guest crashed; 5 a launcher thread broke its seccomp filter;\n128+N stopped by signal N (130: console escape).\nA guest reboot re-executes the launcher with the same arguments."
 )]
 pub struct Cli {
     /// Guest memory in megabytes (MiB).
@@ -108,6 +108,22 @@ pub struct Cli {
     /// guest addresses (not comparable between runs).
     #[arg(long, requires = "trace_file")]
     pub trace_everything: bool,
+
+    /// Once the machine's files are open, become this user (a name from
+    /// /etc/passwd or a number): its uid, gid and groups, no capabilities.
+    #[arg(long, value_name = "NAME")]
+    pub username: Option<String>,
+
+    /// Once the machine's files are open, change root to DIR (an empty
+    /// directory will do; a reboot needs a statically linked launcher or
+    /// its dynamic loader and libraries inside DIR).
+    #[arg(long, value_name = "DIR")]
+    pub chroot: Option<PathBuf>,
+
+    /// Run without seccomp filters (for debugging the launcher: normally
+    /// each thread may make only the system calls its work needs).
+    #[arg(long)]
+    pub no_seccomp: bool,
 }
 
 /// Device names `--trace` knows.

@@ -7,9 +7,12 @@
 //! | `reboot` | as SIGHUP | `ok: …` |
 //! | `status` | nothing | `running boot=N vmmci=up|down|absent` |
 //!
-//! The socket file is created at start with mode 0600 (a stale socket
-//! file is replaced; one another launcher answers on, or any other file,
-//! is an error) and removed again on exit. Clients that are neither the
+//! The socket file is created at start with mode 0600, owned by the
+//! `--username` user when there is one (a stale socket file is replaced;
+//! one another launcher answers on, or any other file, is an error), kept
+//! listening across reboots (`carry`: clients never find it missing) and
+//! removed on exit (not after `--chroot`, whose process can no longer
+//! reach it: the next launcher on that path replaces the stale file). Clients that are neither the
 //! launcher's user nor root (SO_PEERCRED) are refused, should the file's
 //! mode have been opened up. An accept error (out of descriptors) rests
 //! the listener for 100 ms instead of letting it spin the loop.
@@ -45,6 +48,43 @@ pub const MAX_CLIENTS: usize = 16;
 /// Bytes read from one client per wake-up, so one busy client cannot keep
 /// the loop from the others.
 const READ_CHUNK: usize = 4096;
+
+/// The listening socket the previous boot kept (a reboot's re-exec), if
+/// it is still listening on `path`, or a new one ([`bind`]) owned by
+/// `owner` (uid, gid) when given; kept for the next boot either way.
+pub fn bind_or_take(
+    path: &Path,
+    owner: Option<(libc::uid_t, libc::gid_t)>,
+) -> Result<UnixListener> {
+    let carried = crate::carry::take_fd("control")
+        .map(UnixListener::from)
+        .filter(|l| {
+            l.local_addr()
+                .ok()
+                .and_then(|a| a.as_pathname().map(|p| p == path))
+                .unwrap_or(false)
+        });
+    let listener = match carried {
+        Some(l) => {
+            remove_on_exit(path.to_path_buf());
+            l
+        }
+        None => {
+            let l = bind(path)?;
+            if let Some((uid, gid)) = owner {
+                std::os::unix::fs::chown(path, Some(uid), Some(gid)).map_err(Error::io(
+                    format!("give the control socket {} to --username", path.display()),
+                ))?;
+            }
+            l
+        }
+    };
+    let copy = listener
+        .try_clone()
+        .map_err(Error::io("keep the control socket across a reboot"))?;
+    crate::carry::keep("control", copy.into());
+    Ok(listener)
+}
 
 /// Binds `path`; the listener is served by a [`ControlServer`].
 ///

@@ -81,9 +81,25 @@ pub enum Fix {
 }
 
 impl Host {
-    /// Detects the host from `/sys/module`.
+    /// Detects the host from `/sys/module`; inside a `--chroot`, where it
+    /// cannot be seen, the first boot's finding comes with the re-exec.
     pub fn detect() -> Self {
-        Self::detect_in(Path::new("/sys/module"))
+        let sys = Path::new("/sys/module");
+        let host = if sys.is_dir() {
+            Self::detect_in(sys)
+        } else if crate::carry::flag("kvm_pvm") {
+            Self {
+                kind: HostKind::NestedPvm,
+            }
+        } else {
+            Self {
+                kind: HostKind::Hardware,
+            }
+        };
+        if host.kind == HostKind::NestedPvm {
+            crate::carry::set_flag("kvm_pvm");
+        }
+        host
     }
 
     fn detect_in(sys_module: &Path) -> Self {

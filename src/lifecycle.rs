@@ -35,6 +35,10 @@ pub mod code {
     pub const BAD_DRIVER: i32 = 3;
     /// The guest did something the launcher cannot continue from.
     pub const GUEST_CRASH: i32 = 4;
+    /// A launcher thread made a system call its seccomp filter forbids
+    /// (`src/seccomp.rs`): a launcher bug, or a host library doing what
+    /// the filters did not foresee.
+    pub const SECCOMP: i32 = 5;
     /// Stopped by signal N: 128 + N (the console escape counts as SIGINT).
     pub const SIGNAL_BASE: i32 = 128;
 }
@@ -331,9 +335,9 @@ fn flush_within<F: Send + Sync + 'static>(
     results
 }
 
-/// Removes what [`remove_on_exit`] named; called on every way out (a
-/// reboot's re-exec too: the next boot creates them again), the panic hook
-/// included.
+/// Flushes the disks and removes what [`remove_on_exit`] named; called on
+/// every way out but a reboot (whose next boot keeps using them), the
+/// panic hook included.
 pub fn cleanup() {
     sync_disks();
     // try_lock: the panic hook may run while this thread holds the lock.
@@ -371,13 +375,18 @@ pub fn finish(req: VmRequest, argv: &[OsString]) -> ! {
         VmRequest::Signal(_) | VmRequest::Escape => std::time::Duration::from_millis(100),
         _ => std::time::Duration::from_secs(1),
     });
-    cleanup();
+    if matches!(req, VmRequest::Reboot { .. }) {
+        sync_disks();
+    } else {
+        cleanup();
+    }
     let pending = PENDING_SHUTDOWN.load(std::sync::atomic::Ordering::SeqCst);
     let req = match req {
         VmRequest::Reboot { reason } if pending != 0 => {
             eprintln!(
                 "launcher: the guest rebooted ({reason}) while asked to shut down; not starting it again"
             );
+            cleanup();
             VmRequest::Signal(pending)
         }
         req => req,
@@ -422,10 +431,13 @@ fn mark_cloexec_one_by_one() {
 /// `KEY=value` strings for the next boot: this process's environment with
 /// [`BOOT_COUNT_VAR`] set to `boot`. Built here rather than with
 /// `std::env::set_var`, which is unsound while other threads (vCPUs) run.
-fn next_environment(boot: u32, carried: &str) -> Vec<CString> {
+fn next_environment(boot: u32, carried: &str, state: &str) -> Vec<CString> {
     let mut env: Vec<CString> = std::env::vars_os()
         .filter(|(k, _)| {
-            k.as_bytes() != BOOT_COUNT_VAR.as_bytes() && k.as_bytes() != carry::VAR.as_bytes()
+            let k = k.as_bytes();
+            k != BOOT_COUNT_VAR.as_bytes()
+                && k != carry::VAR.as_bytes()
+                && k != carry::STATE_VAR.as_bytes()
         })
         .filter_map(|(k, v)| {
             let mut kv = k.as_bytes().to_vec();
@@ -437,12 +449,31 @@ fn next_environment(boot: u32, carried: &str) -> Vec<CString> {
     if let Ok(var) = CString::new(format!("{BOOT_COUNT_VAR}={boot}")) {
         env.push(var);
     }
-    if !carried.is_empty() {
-        if let Ok(var) = CString::new(format!("{}={carried}", carry::VAR)) {
-            env.push(var);
+    for (var, value) in [(carry::VAR, carried), (carry::STATE_VAR, state)] {
+        if !value.is_empty() {
+            if let Ok(kv) = CString::new(format!("{var}={value}")) {
+                env.push(kv);
+            }
         }
     }
     env
+}
+
+/// Opens the launcher's own binary (or takes the previous boot's
+/// descriptor on it) and keeps it for the reboot's re-exec: after
+/// `--chroot` no path leads back to it.
+pub fn keep_own_binary() {
+    let fd = carry::take_fd("exe").or_else(|| {
+        // SAFETY: open with a static NUL-terminated path; a descriptor
+        // returned is new and ours.
+        let fd = unsafe { libc::open(c"/proc/self/exe".as_ptr(), libc::O_PATH | libc::O_CLOEXEC) };
+        // SAFETY: as above.
+        (fd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(fd) })
+    });
+    match fd {
+        Some(fd) => carry::keep("exe", fd),
+        None => log::debug!("no descriptor on the launcher's binary; a reboot runs /proc/self/exe"),
+    }
 }
 
 /// Executes the launcher again with `argv`; returns only on failure.
@@ -457,8 +488,9 @@ fn reexec(argv: &[OsString], boot: u32) -> std::io::Error {
     };
     let mut ptrs: Vec<*const libc::c_char> = args.iter().map(|a| a.as_ptr()).collect();
     ptrs.push(std::ptr::null());
-    let (kept, carried) = carry::for_exec();
-    let env = next_environment(boot, &carried);
+    let (kept, carried, state) = carry::for_exec();
+    let exe = carry::fd_of("exe");
+    let env = next_environment(boot, &carried, &state);
     let mut envp: Vec<*const libc::c_char> = env.iter().map(|a| a.as_ptr()).collect();
     envp.push(std::ptr::null());
     // SAFETY: close_range only flags descriptors; sigprocmask restores the
@@ -481,6 +513,17 @@ fn reexec(argv: &[OsString], boot: u32) -> std::io::Error {
         let mut empty: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut empty);
         libc::pthread_sigmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
+        if let Some(fd) = exe {
+            // The binary this run started from, wherever we are now.
+            libc::syscall(
+                libc::SYS_execveat,
+                fd,
+                c"".as_ptr(),
+                ptrs.as_ptr(),
+                envp.as_ptr(),
+                libc::AT_EMPTY_PATH,
+            );
+        }
         libc::execve(c"/proc/self/exe".as_ptr(), ptrs.as_ptr(), envp.as_ptr());
         // /proc may be missing (chroot): fall back to the name we were run as.
         libc::execvpe(ptrs[0], ptrs.as_ptr(), envp.as_ptr());
@@ -569,7 +612,7 @@ mod tests {
 
     #[test]
     fn the_next_boot_gets_its_number_once() {
-        let env = next_environment(7, "trace=9");
+        let env = next_environment(7, "trace=9", "seccomp");
         let kept: Vec<_> = env
             .iter()
             .filter(|kv| kv.as_bytes().starts_with(carry::VAR.as_bytes()))

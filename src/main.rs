@@ -13,6 +13,8 @@ mod error;
 mod host;
 mod lifecycle;
 mod pci;
+mod privilege;
+mod seccomp;
 mod terminal;
 mod vcpu;
 mod virtio;
@@ -54,10 +56,16 @@ fn main() {
         std::process::exit(lifecycle::code::LAUNCHER_ERROR);
     }));
 
-    if let Err(e) = init_tracing(&cli) {
-        eprintln!("launcher: {e}");
-        std::process::exit(lifecycle::code::LAUNCHER_ERROR);
-    }
+    // What --username and --chroot ask for, checked before anything is done.
+    let drop = privilege::PrivilegeDrop::plan(cli.username.as_deref(), cli.chroot.as_deref())
+        .unwrap_or_else(|e| fail(e));
+    // Everything that may need privileges (or a path outside the chroot)
+    // is opened now, or taken from the previous boot (`carry`).
+    let trace_file = open_trace_file(&cli).unwrap_or_else(|e| fail(e));
+    let seccomp = !cli.no_seccomp;
+    let verbose = cli.verbose;
+    let (trace_only, trace_everything) = (cli.trace.clone(), cli.trace_everything);
+    let owner = drop.user.as_ref().map(|u| (u.uid, u.gid));
     let config = cli::VmConfig::from(cli);
     let host = host::Host::detect();
     host.describe();
@@ -65,35 +73,50 @@ fn main() {
     if boot > 1 {
         log::info!("boot #{boot}");
     }
-    let vm = match vm::Vm::new(&config, host) {
+    let files = vm::HostFiles::open(&config, drop.wanted()).unwrap_or_else(|e| fail(e));
+    let listener = config
+        .control
+        .as_ref()
+        .map(|path| control::bind_or_take(path, owner).unwrap_or_else(|e| fail(e)));
+    lifecycle::keep_own_binary();
+    drop.apply().unwrap_or_else(|e| fail(e));
+    // From here on: no new privileges, no new files from outside, and
+    // (unless --no-seccomp) each thread filtered before it starts work.
+    if seccomp {
+        seccomp::enable().unwrap_or_else(|e| {
+            fail(format!(
+                "{e} (--no-seccomp runs without system call filters)"
+            ))
+        });
+    } else {
+        log::debug!("seccomp: off (--no-seccomp)");
+    }
+    let trace = devices::trace::Settings {
+        verbose,
+        only: trace_only,
+        file: trace_file.map(|file| devices::trace::FileSettings {
+            file,
+            everything: trace_everything,
+            boot,
+        }),
+    };
+    devices::trace::init(trace).unwrap_or_else(|e| fail(format!("cannot set up tracing: {e}")));
+    log::debug!("carried into a reboot: {}", carry::names().join(", "));
+    let vm = match vm::Vm::new(&config, host, files) {
         Ok(vm) => vm,
-        Err(e) => {
-            eprintln!("launcher: {e}");
-            std::process::exit(lifecycle::code::LAUNCHER_ERROR);
-        }
+        Err(e) => fail(e),
     };
     let mut events = match vm::EventLoop::new() {
         Ok(e) => e,
-        Err(e) => {
-            eprintln!("launcher: cannot create the event loop: {e}");
-            std::process::exit(lifecycle::code::LAUNCHER_ERROR);
-        }
+        Err(e) => fail(format!("cannot create the event loop: {e}")),
     };
     if let Some(fd) = signals {
         let s = lifecycle::Signals::new(fd, vm.control(), vm.vmmci());
         events.add_subscriber(Arc::new(Mutex::new(s)));
     }
-    if let Some(path) = &config.control {
-        match control::bind(path) {
-            Ok(listener) => {
-                let server = control::ControlServer::new(listener, vm.control(), vm.vmmci());
-                events.add_subscriber(Arc::new(Mutex::new(server)));
-            }
-            Err(e) => {
-                eprintln!("launcher: {e}");
-                std::process::exit(lifecycle::code::LAUNCHER_ERROR);
-            }
-        }
+    if let Some(listener) = listener {
+        let server = control::ControlServer::new(listener, vm.control(), vm.vmmci());
+        events.add_subscriber(Arc::new(Mutex::new(server)));
     }
     terminal::make_raw();
     let outcome = vm.run(events);
@@ -104,35 +127,29 @@ fn main() {
 /// devices and the host workarounds do (the devices' detail is
 /// `devices::trace`'s to decide), `-vvv` also every unclaimed I/O access.
 /// RUST_LOG overrides.
-/// Sets up `devices::trace` from `--trace`, `--trace-file` and `-v`. The
-/// trace file is opened (and emptied) by the first boot only; a reboot's
-/// re-exec carries it over (`carry`) and the next boot appends.
-fn init_tracing(cli: &cli::Cli) -> Result<(), String> {
-    let file = match &cli.trace_file {
-        None => None,
-        Some(path) => {
-            let file = match carry::take("trace", path) {
-                Some(f) => f,
-                None => std::fs::File::create(path)
-                    .map_err(|e| format!("cannot create the trace file {}: {e}", path.display()))?,
-            };
-            let copy = file
-                .try_clone()
-                .map_err(|e| format!("trace file {}: {e}", path.display()))?;
-            carry::keep("trace", copy.into());
-            Some(devices::trace::FileSettings {
-                file,
-                everything: cli.trace_everything,
-                boot: lifecycle::boot_number(),
-            })
-        }
+/// The `--trace-file`: opened (and emptied) by the first boot only; a
+/// reboot's re-exec carries it over (`carry`) and the next boot appends.
+fn open_trace_file(cli: &cli::Cli) -> Result<Option<std::fs::File>, String> {
+    let Some(path) = &cli.trace_file else {
+        return Ok(None);
     };
-    devices::trace::init(devices::trace::Settings {
-        verbose: cli.verbose,
-        only: cli.trace.clone(),
-        file,
-    })
-    .map_err(|e| format!("cannot set up tracing: {e}"))
+    let file = match carry::take("trace", path) {
+        Some(f) => f,
+        None => std::fs::File::create(path)
+            .map_err(|e| format!("cannot create the trace file {}: {e}", path.display()))?,
+    };
+    let copy = file
+        .try_clone()
+        .map_err(|e| format!("trace file {}: {e}", path.display()))?;
+    carry::keep_file("trace", copy.into());
+    Ok(Some(file))
+}
+
+/// Ends a run that could not start: one sentence, exit code 1.
+fn fail(e: impl std::fmt::Display) -> ! {
+    terminal::restore();
+    eprintln!("launcher: {e}");
+    std::process::exit(lifecycle::code::LAUNCHER_ERROR);
 }
 
 fn init_logging(verbose: u8) {

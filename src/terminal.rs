@@ -68,6 +68,18 @@ pub fn restore() {
     }
 }
 
+/// [`restore`] for a signal handler: it never waits for the lock (the
+/// interrupted thread may hold it) and does not allocate.
+pub fn restore_in_signal() {
+    if let Ok(saved) = SAVED.try_lock() {
+        if let Some(t) = saved.as_ref() {
+            // SAFETY: `t` came from tcgetattr on the same descriptor;
+            // tcsetattr is async-signal-safe.
+            unsafe { libc::tcsetattr(0, libc::TCSANOW, t) };
+        }
+    }
+}
+
 /// Counts Ctrl-C presses; true once three fall within a second.
 #[derive(Default)]
 struct Escape(Vec<Instant>);

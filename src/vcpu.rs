@@ -159,6 +159,7 @@ impl Vcpu {
     /// Runs the guest until something ends the run; the reason goes to
     /// `control`, and the thread returns.
     pub fn run(mut self) {
+        crate::seccomp::install_or_exit(crate::seccomp::Kind::Vcpu);
         let mut fixed = std::collections::BTreeSet::new();
         let mut waiting_for_sipi = false;
         // The run structure stays mapped for the vCPU's life; its `io`

@@ -68,10 +68,135 @@ pub struct Vm {
     vmmci: Option<VmmciControl>,
 }
 
+/// What the machine needs from the host that may take privileges to open
+/// (`/dev/kvm`, the disks, the taps, the kernel and initrd): opened before
+/// `--username` and `--chroot` drop them, and kept open across a reboot's
+/// re-exec (`carry`), where the next boot takes them instead of opening.
+pub struct HostFiles {
+    kvm: Kvm,
+    disks: Vec<Block>,
+    nets: Vec<Net>,
+    /// Only with a privilege drop; otherwise the loader opens the paths
+    /// (each boot, so that a reboot runs a rebuilt kernel).
+    kernel: Option<std::fs::File>,
+    initrd: Option<std::fs::File>,
+}
+
+impl HostFiles {
+    /// Opens (or takes from the previous boot) everything `config` names;
+    /// `boot_files`: the kernel and initrd too.
+    pub fn open(config: &VmConfig, boot_files: bool) -> Result<HostFiles> {
+        let kvm = open_kvm()?;
+        let mut disks = Vec::new();
+        for (i, b) in config.blocks.iter().enumerate() {
+            // After a reboot, the same open file and its lock.
+            let name = format!("disk{i}");
+            let disk = Block::open_carried(
+                BlockConfig {
+                    path: b.path.clone(),
+                    read_only: b.read_only,
+                    serial: b.serial.clone(),
+                },
+                crate::carry::take(&name, &b.path),
+            )?;
+            let kept = disk.sync_handle().map_err(Error::io(format!(
+                "keep {} open (and locked) across a reboot",
+                b.path.display()
+            )))?;
+            crate::carry::keep_file(&name, kept.into());
+            log::debug!(
+                "block: {} ({} sectors{})",
+                b.path.display(),
+                disk.capacity(),
+                if b.read_only { ", read-only" } else { "" }
+            );
+            if !b.read_only {
+                let handle = disk.sync_handle().map_err(Error::io(format!(
+                    "keep a descriptor on {} to flush it at exit",
+                    b.path.display()
+                )))?;
+                crate::lifecycle::sync_on_exit(b.path.clone(), handle);
+            }
+            disks.push(disk);
+        }
+        let mut nets = Vec::new();
+        for (i, n) in config.nets.iter().enumerate() {
+            nets.push(open_net(n, i)?);
+        }
+        let (kernel, initrd) = if boot_files {
+            let kernel = boot_file("kernel", &config.kernel)?;
+            let initrd = match &config.initrd {
+                Some(p) => Some(boot_file("initrd", p)?),
+                None => None,
+            };
+            (Some(kernel), initrd)
+        } else {
+            (None, None)
+        };
+        Ok(HostFiles {
+            kvm,
+            disks,
+            nets,
+            kernel,
+            initrd,
+        })
+    }
+}
+
+/// `/dev/kvm`, from the previous boot or opened; kept for the next.
+fn open_kvm() -> Result<Kvm> {
+    use std::os::fd::{FromRawFd, IntoRawFd};
+    let carried = crate::carry::take_fd("kvm").filter(|fd| {
+        // SAFETY: stat is plain data; fstat only writes it.
+        let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        // SAFETY: as above, on a descriptor we own.
+        let ok = unsafe { libc::fstat(fd.as_raw_fd(), &mut st) } == 0;
+        ok && st.st_mode & libc::S_IFMT == libc::S_IFCHR
+    });
+    let kvm = match carried {
+        // SAFETY: a character device the previous boot kept open as
+        // `kvm`; `check_kvm` then asks it for KVM's API version, which
+        // no other device answers.
+        Some(fd) => unsafe { Kvm::from_raw_fd(fd.into_raw_fd()) },
+        None => Kvm::new().map_err(Error::KvmOpen)?,
+    };
+    // SAFETY: dup of a descriptor `kvm` owns; the copy is ours.
+    let copy = unsafe { libc::fcntl(kvm.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 3) };
+    if copy < 0 {
+        return Err(Error::io("keep /dev/kvm open across a reboot")(
+            std::io::Error::last_os_error(),
+        ));
+    }
+    // SAFETY: `copy` is a new descriptor nothing else owns.
+    crate::carry::keep("kvm", unsafe { std::os::fd::OwnedFd::from_raw_fd(copy) });
+    Ok(kvm)
+}
+
+/// The kernel or initrd at `path`, from the previous boot or opened
+/// (regular files only, never blocking); kept for the next.
+fn boot_file(name: &str, path: &std::path::Path) -> Result<std::fs::File> {
+    let file = match crate::carry::take(name, path) {
+        Some(f) => f,
+        None => loader::open_regular(path)
+            .map_err(|source| Error::io(format!("open the {name} {}", path.display()))(source))?,
+    };
+    let copy = file
+        .try_clone()
+        .map_err(Error::io(format!("keep {} open", path.display())))?;
+    crate::carry::keep_file(name, copy.into());
+    Ok(file)
+}
+
 impl Vm {
-    /// Builds the machine described by `config` on `host`.
-    pub fn new(config: &VmConfig, host: Host) -> Result<Self> {
-        let kvm = Kvm::new().map_err(Error::KvmOpen)?;
+    /// Builds the machine described by `config` on `host` from `files`.
+    pub fn new(config: &VmConfig, host: Host, files: HostFiles) -> Result<Self> {
+        let HostFiles {
+            kvm,
+            disks,
+            nets,
+            kernel,
+            initrd,
+        } = files;
         check_kvm(&kvm)?;
         let max = kvm.get_max_vcpus();
         if usize::from(config.cpus) > max {
@@ -122,6 +247,8 @@ impl Vm {
             initrd: config.initrd.as_deref(),
             cmdline: &cmdline,
             cpus: config.cpus,
+            kernel_file: kernel.as_ref(),
+            initrd_file: initrd.as_ref(),
         };
         let boot = loader::load(&mem, &layout, &spec)?;
         log::debug!(
@@ -200,39 +327,11 @@ impl Vm {
         if config.vmd && config.rng {
             devices.push(Box::new(Rng));
         }
-        for (i, b) in config.blocks.iter().enumerate() {
-            // After a reboot, the same open file and its lock (see `carry`).
-            let name = format!("disk{i}");
-            let disk = Block::open_carried(
-                BlockConfig {
-                    path: b.path.clone(),
-                    read_only: b.read_only,
-                    serial: b.serial.clone(),
-                },
-                crate::carry::take(&name, &b.path),
-            )?;
-            let kept = disk.sync_handle().map_err(Error::io(format!(
-                "keep {} open (and locked) across a reboot",
-                b.path.display()
-            )))?;
-            crate::carry::keep(&name, kept.into());
-            log::debug!(
-                "block: {} ({} sectors{})",
-                b.path.display(),
-                disk.capacity(),
-                if b.read_only { ", read-only" } else { "" }
-            );
-            if !b.read_only {
-                let handle = disk.sync_handle().map_err(Error::io(format!(
-                    "keep a descriptor on {} to flush it at exit",
-                    b.path.display()
-                )))?;
-                crate::lifecycle::sync_on_exit(b.path.clone(), handle);
-            }
+        for disk in disks {
             devices.push(Box::new(disk));
         }
-        for n in &config.nets {
-            devices.push(Box::new(open_net(n)?));
+        for net in nets {
+            devices.push(Box::new(net));
         }
         if config.rng && !config.vmd {
             devices.push(Box::new(Rng));
@@ -415,28 +514,39 @@ fn vmd_identity_bridge() -> Identity {
 
 /// Opens or creates the tap a `--tunnet` argument names and puts a
 /// virtio-net device on it.
-fn open_net(arg: &NetArg) -> Result<Net> {
+fn open_net(arg: &NetArg, index: usize) -> Result<Net> {
     let what = |w: &str| Error::io(format!("{w} for --tunnet {:?}", arg.source));
-    let tap = match &arg.source {
+    let name = format!("tap{index}");
+    let carried = crate::carry::take_fd(&name).and_then(|fd| Tap::from_fd(fd).ok());
+    let tap = match (carried, &arg.source) {
+        // The previous boot's tap, configured then (a reboot's re-exec).
+        (Some(tap), _) => tap,
+        (None, source) => open_tap(source).map_err(what("open"))?,
+    };
+    crate::carry::keep(&name, tap.try_clone_fd().map_err(what("keep the tap"))?);
+    let tap_name = tap.name().to_string();
+    let net = Net::new(Box::new(tap), arg.mac).map_err(what("set up virtio-net"))?;
+    log::debug!("net: tap {tap_name}, guest MAC {}", format_mac(&net.mac()));
+    Ok(net)
+}
+
+/// Creates, configures or opens the tap `source` names.
+fn open_tap(source: &TapSource) -> std::io::Result<Tap> {
+    Ok(match source {
         TapSource::Address(ip) => {
-            let tap = Tap::create(None).map_err(what("create a tap"))?;
-            tap.set_ipv4(*ip, 24).map_err(what("address the tap"))?;
-            tap.set_up().map_err(what("bring the tap up"))?;
+            let tap = Tap::create(None)?;
+            tap.set_ipv4(*ip, 24)?;
+            tap.set_up()?;
             tap
         }
         TapSource::Bridge(bridge) => {
-            let tap = Tap::create(None).map_err(what("create a tap"))?;
-            tap.add_to_bridge(bridge)
-                .map_err(what("add the tap to the bridge"))?;
-            tap.set_up().map_err(what("bring the tap up"))?;
+            let tap = Tap::create(None)?;
+            tap.add_to_bridge(bridge)?;
+            tap.set_up()?;
             tap
         }
-        TapSource::Existing(name) => Tap::open_existing(name).map_err(what("open the tap"))?,
-    };
-    let name = tap.name().to_string();
-    let net = Net::new(Box::new(tap), arg.mac).map_err(what("set up virtio-net"))?;
-    log::debug!("net: tap {name}, guest MAC {}", format_mac(&net.mac()));
-    Ok(net)
+        TapSource::Existing(name) => Tap::open_existing(name)?,
+    })
 }
 
 /// Terminal input goes to the console the guest uses: the virtio console

@@ -110,6 +110,7 @@ fn the_lock_is_kept_across_a_reboot() {
         let fd = fds
             .split(',')
             .find_map(|kv| kv.strip_prefix("disk0="))
+            .and_then(|v| v.split(':').next())
             .unwrap_or_else(|| panic!("boot {boot}: disk0 not carried: {fds}"));
         let target = std::fs::read_link(format!("/proc/{}/fd/{fd}", g.pid())).expect("fd");
         assert_eq!(target.to_str(), Some(img.as_str()));

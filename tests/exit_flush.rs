@@ -10,16 +10,23 @@ use common::{test_guest, Guest, TempDir, TIMEOUT};
 use std::path::Path;
 use std::process::{Command, Stdio};
 
-/// The launcher under `strace`, tracing fdatasync and execve into `trace`.
+/// The launcher under `strace`, tracing fdatasync and execve(at) into `trace`.
 fn traced(trace: &Path, args: &[&str]) -> Guest {
     let mut cmd = Command::new("strace");
-    cmd.args(["-f", "-qq", "-y", "-e", "trace=fdatasync,execve", "-o"])
-        .arg(trace)
-        .arg(env!("CARGO_BIN_EXE_launcher"))
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+    cmd.args([
+        "-f",
+        "-qq",
+        "-y",
+        "-e",
+        "trace=fdatasync,execve,execveat",
+        "-o",
+    ])
+    .arg(trace)
+    .arg(env!("CARGO_BIN_EXE_launcher"))
+    .args(args)
+    .stdin(Stdio::piped())
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
     Guest::spawn(cmd)
 }
 
@@ -127,7 +134,9 @@ fn every_way_out_flushes_every_writable_disk() {
     assert!(control(&sock, "shutdown").starts_with("ok:"));
     assert_eq!(g.wait_exit(TIMEOUT).code(), Some(143), "{}", g.output());
     let t = lines(&trace);
-    let execs: Vec<usize> = (0..t.len()).filter(|&i| t[i].contains("execve(")).collect();
+    let execs: Vec<usize> = (0..t.len())
+        .filter(|&i| t[i].contains("execve(") || t[i].contains("execveat("))
+        .collect();
     assert!(execs.len() >= 2, "no re-exec traced:\n{}", t.join("\n"));
     let reexec = execs[1];
     assert!(

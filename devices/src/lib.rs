@@ -14,6 +14,7 @@ pub mod legacy;
 pub mod output;
 pub mod pci;
 pub mod test_hooks;
+pub mod threads;
 pub mod trace;
 pub mod virtio;
 

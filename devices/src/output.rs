@@ -123,7 +123,10 @@ impl Output {
         let s = shared.clone();
         std::thread::Builder::new()
             .name(name.into())
-            .spawn(move || s.write_out(&mut *sink))?;
+            .spawn(move || {
+                crate::threads::started(crate::threads::ThreadKind::Writer);
+                s.write_out(&mut *sink)
+            })?;
         Ok(Output { shared })
     }
 

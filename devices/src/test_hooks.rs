@@ -12,6 +12,13 @@
 //!   be read from the named pipe FIFO. It says so on stderr
 //!   (`test hook: blk I/O at sector N stalls`, then `... released`), so a
 //!   test knows when a worker is stuck.
+//! - `LAUNCHER_TEST_SECCOMP_VIOLATION=KIND` (read by the launcher's
+//!   `src/seccomp.rs`): the first thread of that filter kind makes a
+//!   system call no filter allows, right after installing its filter.
+
+/// Whether this build has the hooks: the launcher's own test hooks
+/// (`src/seccomp.rs`) look at it.
+pub const ENABLED: bool = cfg!(feature = "test-hooks");
 
 /// Called by the virtio-blk handler just before the host I/O of a read
 /// or write request that starts at `sector`, outside the queue's gate.

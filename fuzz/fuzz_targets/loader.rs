@@ -38,6 +38,8 @@ fuzz_target!(|data: &[u8]| {
         initrd: (flags & 1 != 0).then_some(initrd.as_path()),
         cmdline: &cmdline,
         cpus,
+        kernel_file: None,
+        initrd_file: None,
     };
     match loader::load(mem, layout, &spec) {
         Ok(info) => {

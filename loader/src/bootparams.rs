@@ -104,6 +104,7 @@ pub fn initrd_limit(layout: &MemoryLayout, kernel: &LoadedKernel) -> u64 {
 pub fn load_initrd(
     mem: &GuestMemory,
     path: &Path,
+    file: Option<&std::fs::File>,
     kernel_end: u64,
     limit: u64,
 ) -> Result<(GuestAddress, u64)> {
@@ -111,7 +112,7 @@ pub fn load_initrd(
         path: path.to_path_buf(),
         source,
     };
-    let mut file = crate::open_regular(path).map_err(read_err)?;
+    let mut file = crate::open_or_reuse(path, file).map_err(read_err)?;
     let size = file.metadata().map_err(read_err)?.len();
     if size == 0 {
         return Err(Error::InitrdEmpty {

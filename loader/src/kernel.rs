@@ -83,12 +83,17 @@ const BZIMAGE_FALLBACK_ADDR: u64 = 16 << 20;
 const HEAD_LEN: u64 = 0x1000;
 
 /// Loads the kernel at `path` into `mem` and describes where it went.
-pub fn load_kernel(mem: &GuestMemory, layout: &MemoryLayout, path: &Path) -> Result<LoadedKernel> {
+pub fn load_kernel(
+    mem: &GuestMemory,
+    layout: &MemoryLayout,
+    path: &Path,
+    file: Option<&File>,
+) -> Result<LoadedKernel> {
     let read_err = |source| Error::KernelRead {
         path: path.to_path_buf(),
         source,
     };
-    let mut file = crate::open_regular(path).map_err(read_err)?;
+    let mut file = crate::open_or_reuse(path, file).map_err(read_err)?;
     let len = file.metadata().map_err(read_err)?.len();
     let mut head = Vec::new();
     (&mut file)

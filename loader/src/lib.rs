@@ -25,7 +25,7 @@ pub use error::{Error, Result};
 /// Opens `path` for reading if it is a regular file. A FIFO would hang
 /// `open` (no writer) or feed a stream of unknown length, a character
 /// device an endless one: refused with what it is, without blocking.
-pub(crate) fn open_regular(path: &Path) -> std::io::Result<std::fs::File> {
+pub fn open_regular(path: &Path) -> std::io::Result<std::fs::File> {
     use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
     let file = std::fs::OpenOptions::new()
         .read(true)
@@ -50,6 +50,28 @@ pub(crate) fn open_regular(path: &Path) -> std::io::Result<std::fs::File> {
         format!("it is {what}, not a regular file"),
     ))
 }
+/// `given` (an already open descriptor on `path`'s file: after a
+/// privilege drop the path may not be reachable) read from its start, or
+/// `path` opened with [`open_regular`].
+pub(crate) fn open_or_reuse(
+    path: &Path,
+    given: Option<&std::fs::File>,
+) -> std::io::Result<std::fs::File> {
+    use std::io::{Seek, SeekFrom};
+    let Some(f) = given else {
+        return open_regular(path);
+    };
+    let mut file = f.try_clone()?;
+    if !file.metadata()?.file_type().is_file() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "it is not a regular file",
+        ));
+    }
+    file.seek(SeekFrom::Start(0))?;
+    Ok(file)
+}
+
 pub use vm_memory::GuestMemoryMmap as GuestMemory;
 
 use std::path::Path;
@@ -61,6 +83,10 @@ use vm_memory::{Bytes, GuestAddress};
 pub struct BootSpec<'a> {
     pub kernel: &'a Path,
     pub initrd: Option<&'a Path>,
+    /// The kernel and initrd already open (named by the paths above in
+    /// messages), instead of opening the paths.
+    pub kernel_file: Option<&'a std::fs::File>,
+    pub initrd_file: Option<&'a std::fs::File>,
     pub cmdline: &'a str,
     pub cpus: u8,
 }
@@ -82,13 +108,19 @@ pub struct BootInfo {
 pub fn load(mem: &GuestMemory, layout: &layout::MemoryLayout, spec: &BootSpec) -> Result<BootInfo> {
     // Cheap argument checks first, so a bad count fails before any I/O.
     mptable::check_cpus(spec.cpus)?;
-    let kernel = kernel::load_kernel(mem, layout, spec.kernel)?;
+    let kernel = kernel::load_kernel(mem, layout, spec.kernel, spec.kernel_file)?;
     let max = bootparams::cmdline_capacity(kernel.cmdline_max);
     bootparams::write_cmdline(mem, spec.cmdline, max)?;
     let initrd = match spec.initrd {
         Some(path) => {
             let limit = bootparams::initrd_limit(layout, &kernel);
-            Some(bootparams::load_initrd(mem, path, kernel.end, limit)?)
+            Some(bootparams::load_initrd(
+                mem,
+                path,
+                spec.initrd_file,
+                kernel.end,
+                limit,
+            )?)
         }
         None => None,
     };

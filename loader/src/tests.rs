@@ -19,6 +19,8 @@ fn spec<'a>(kernel: &'a Path, initrd: Option<&'a Path>, cmdline: &'a str) -> Boo
         initrd,
         cmdline,
         cpus: 1,
+        kernel_file: None,
+        initrd_file: None,
     }
 }
 
@@ -61,6 +63,31 @@ fn elf_is_entered_at_e_entry_with_bss_zeroed() {
     mem.read_slice(&mut buf, GuestAddress(MIB)).unwrap();
     assert!(buf[..0x2000].iter().all(|&b| b == 0xc3));
     assert!(buf[0x2000..].iter().all(|&b| b == 0), ".bss not zeroed");
+}
+
+/// After a privilege drop the launcher hands over open files whose paths
+/// it can no longer reach: they are read from their start, and the paths
+/// only name them in messages.
+#[test]
+fn open_kernel_and_initrd_are_read_from_their_start() {
+    use std::io::Read;
+    let (layout, mem) = guest(64);
+    let k = TempFile::new(&good_elf());
+    let initrd = TempFile::new(&[0x5a; 5000]);
+    let mut kf = std::fs::File::open(k.path()).unwrap();
+    let mut inf = std::fs::File::open(initrd.path()).unwrap();
+    // Somewhere in the middle, as a previous boot would have left them.
+    kf.read_exact(&mut [0; 100]).unwrap();
+    inf.read_exact(&mut [0; 100]).unwrap();
+    let gone = Path::new("/nonexistent/vmlinux");
+    let mut s = spec(gone, Some(gone), "console=ttyS0");
+    s.kernel_file = Some(&kf);
+    s.initrd_file = Some(&inf);
+    let info = load(&mem, &layout, &s).unwrap();
+    assert_eq!(info.initrd.map(|(_, size)| size), Some(5000));
+    let mut first = [0u8; 4];
+    mem.read_slice(&mut first, info.initrd.unwrap().0).unwrap();
+    assert_eq!(first, [0x5a; 4]);
 }
 
 #[test]

@@ -69,6 +69,8 @@ pub struct Worker {
 /// What one worker needs.
 pub struct WorkerSetup {
     pub name: String,
+    /// The device's type, for [`crate::threads::started`].
+    pub device_type: u32,
     pub queue: CheckedQueue,
     pub handler: Box<dyn QueueHandler>,
     pub kick: EventFd,
@@ -131,6 +133,7 @@ impl Worker {
 }
 
 fn run(mut s: WorkerSetup, stop: EventFd) {
+    crate::threads::started(crate::threads::ThreadKind::QueueWorker(s.device_type));
     // A host failure is reported only while the activation lasts: after a
     // reset it would mark the next one as needing a reset.
     let fail = |s: &WorkerSetup, what: String| {

@@ -1502,6 +1502,7 @@ mod tests {
         let sink = violations.clone();
         let worker = Worker::spawn(WorkerSetup {
             name: "net-rx-test".into(),
+            device_type: 1,
             queue: q,
             handler: Box::new(Counting(rx, calls.clone())),
             kick: kick.try_clone().unwrap(),

@@ -27,6 +27,17 @@ use thiserror::Error;
 use super::FrameBackend;
 
 const TUN_PATH: &str = "/dev/net/tun";
+/// The interface name the kernel wrote into `ifr`.
+fn ifr_name(ifr: &libc::ifreq) -> String {
+    ifr.ifr_name
+        .iter()
+        .take_while(|&&c| c != 0)
+        .map(|&c| c as u8 as char)
+        .collect()
+}
+
+/// `TUNGETIFF` (linux/if_tun.h), which the libc crate lacks.
+const TUNGETIFF: libc::Ioctl = 0x8004_54d2;
 /// `SIOCBRADDIF` (linux/sockios.h), which the libc crate lacks for glibc.
 const SIOCBRADDIF: libc::Ioctl = 0x89a2;
 
@@ -104,6 +115,36 @@ impl Tap {
         Tap::attach(name)
     }
 
+    /// A tap this process is already attached to through `fd` (one a
+    /// previous boot kept open across a reboot's re-exec): checked with
+    /// `TUNGETIFF` to be a tap, and named from it.
+    pub fn from_fd(fd: OwnedFd) -> io::Result<Tap> {
+        let file = File::from(fd);
+        // SAFETY: ifreq is plain data.
+        let mut ifr: libc::ifreq = unsafe { std::mem::zeroed() };
+        // SAFETY: TUNGETIFF writes one `ifreq`, which `ifr` is and which
+        // outlives the call.
+        if unsafe { libc::ioctl(file.as_raw_fd(), TUNGETIFF, &mut ifr) } < 0 {
+            return Err(err("(carried)", "TUNGETIFF", io::Error::last_os_error()));
+        }
+        // SAFETY: TUNGETIFF filled in the flags member of the union.
+        let flags = unsafe { ifr.ifr_ifru.ifru_flags };
+        if flags & libc::IFF_TAP as libc::c_short == 0 {
+            return Err(err(
+                "(carried)",
+                "TUNGETIFF",
+                io::Error::new(io::ErrorKind::InvalidInput, "not a tap"),
+            ));
+        }
+        let name = ifr_name(&ifr);
+        Ok(Tap { file, name })
+    }
+
+    /// A second descriptor on the same tap (to keep it across a reboot).
+    pub fn try_clone_fd(&self) -> io::Result<OwnedFd> {
+        Ok(self.file.try_clone()?.into())
+    }
+
     fn attach(name: &str) -> io::Result<Tap> {
         let label = if name.is_empty() { "(new)" } else { name };
         let file = OpenOptions::new()
@@ -126,12 +167,7 @@ impl Tap {
             };
             return Err(err(label, op, e));
         }
-        let name = ifr
-            .ifr_name
-            .iter()
-            .take_while(|&&c| c != 0)
-            .map(|&c| c as u8 as char)
-            .collect();
+        let name = ifr_name(&ifr);
         let tap = Tap { file, name };
         tap.set_vnet_hdr_size(super::VNET_HDR_LEN as i32)?;
         Ok(tap)

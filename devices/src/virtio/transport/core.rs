@@ -1314,6 +1314,7 @@ impl Core {
         let failed: FailureSink = Arc::new(move |what: String| reporter.device_failed(&what));
         let worker = Worker::spawn(WorkerSetup {
             name: format!("{}-q{index}", self.thread_prefix),
+            device_type: self.device.device_type().into(),
             queue,
             handler,
             kick: kick.try_clone()?,

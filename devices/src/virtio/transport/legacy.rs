@@ -392,6 +392,7 @@ fn spawn_relay(
         )?;
     }
     let thread = std::thread::Builder::new().name(name).spawn(move || {
+        crate::threads::started(crate::threads::ThreadKind::KickRelay);
         let mut events = [EpollEvent::default(); 2];
         loop {
             let n = match epoll.wait(-1, &mut events) {
