@@ -372,6 +372,13 @@ pub fn install(kind: Kind) -> Result<(), String> {
     Ok(())
 }
 
+/// Whether this thread may do the way out's clean-up (start flush
+/// threads, remove files): the main thread and unfiltered ones.
+pub fn may_clean_up() -> bool {
+    let kind = THREAD_KIND.with(|k| k.get());
+    kind == "unfiltered" || kind == Kind::Main.name()
+}
+
 /// For threads the launcher starts itself: installs `kind`'s filter, or
 /// ends the launcher (a thread must not run unfiltered when filtering is
 /// on).
