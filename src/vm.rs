@@ -249,6 +249,8 @@ impl Vm {
             cpus: config.cpus,
             kernel_file: kernel.as_ref(),
             initrd_file: initrd.as_ref(),
+            // Mapped just above, anonymous: all zero.
+            memory_is_zero: true,
         };
         let boot = loader::load(&mem, &layout, &spec)?;
         log::debug!(

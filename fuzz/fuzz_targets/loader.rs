@@ -40,6 +40,8 @@ fuzz_target!(|data: &[u8]| {
         cpus,
         kernel_file: None,
         initrd_file: None,
+        // The fuzz target reuses one guest memory.
+        memory_is_zero: false,
     };
     match loader::load(mem, layout, &spec) {
         Ok(info) => {

@@ -88,6 +88,7 @@ pub fn load_kernel(
     layout: &MemoryLayout,
     path: &Path,
     file: Option<&File>,
+    memory_is_zero: bool,
 ) -> Result<LoadedKernel> {
     let read_err = |source| Error::KernelRead {
         path: path.to_path_buf(),
@@ -111,7 +112,7 @@ pub fn load_kernel(
             path: path.to_path_buf(),
         })
     } else if image.head.starts_with(ELF_MAGIC) {
-        load_elf(mem, layout, image)
+        load_elf(mem, layout, image, memory_is_zero)
     } else if image.head.len() < HDRS_OFFSET + 4 {
         Err(Error::KernelTooShort {
             path: path.to_path_buf(),
@@ -184,7 +185,12 @@ struct Segment {
     memsz: u64,
 }
 
-fn load_elf(mem: &GuestMemory, layout: &MemoryLayout, mut image: Image) -> Result<LoadedKernel> {
+fn load_elf(
+    mem: &GuestMemory,
+    layout: &MemoryLayout,
+    mut image: Image,
+    memory_is_zero: bool,
+) -> Result<LoadedKernel> {
     let path = image.path.to_path_buf();
     let h = &image.head;
     let class = h.get(4).copied();
@@ -301,8 +307,11 @@ fn load_elf(mem: &GuestMemory, layout: &MemoryLayout, mut image: Image) -> Resul
     Elf::load(mem, None, &mut image.file, Some(GuestAddress(HIMEM_START)))
         .map_err(|e| image.copy_error(e))?;
     // linux-loader copies the file bytes only; the .bss tail must read as
-    // zero even if this memory was used before.
-    for s in segments.iter().filter(|s| s.memsz > s.filesz) {
+    // zero even if this memory was used before (fresh memory already does).
+    for s in segments
+        .iter()
+        .filter(|s| s.memsz > s.filesz && !memory_is_zero)
+    {
         zero(mem, s.paddr + s.filesz, s.memsz - s.filesz)?;
     }
 

@@ -87,6 +87,10 @@ pub struct BootSpec<'a> {
     /// messages), instead of opening the paths.
     pub kernel_file: Option<&'a std::fs::File>,
     pub initrd_file: Option<&'a std::fs::File>,
+    /// Guest memory is freshly mapped (all zero): the kernel's zero-filled
+    /// tail (.bss) is left as it is instead of written with zeros, which
+    /// would fault in megabytes of host memory before the guest runs.
+    pub memory_is_zero: bool,
     pub cmdline: &'a str,
     pub cpus: u8,
 }
@@ -108,7 +112,13 @@ pub struct BootInfo {
 pub fn load(mem: &GuestMemory, layout: &layout::MemoryLayout, spec: &BootSpec) -> Result<BootInfo> {
     // Cheap argument checks first, so a bad count fails before any I/O.
     mptable::check_cpus(spec.cpus)?;
-    let kernel = kernel::load_kernel(mem, layout, spec.kernel, spec.kernel_file)?;
+    let kernel = kernel::load_kernel(
+        mem,
+        layout,
+        spec.kernel,
+        spec.kernel_file,
+        spec.memory_is_zero,
+    )?;
     let max = bootparams::cmdline_capacity(kernel.cmdline_max);
     bootparams::write_cmdline(mem, spec.cmdline, max)?;
     let initrd = match spec.initrd {

@@ -21,6 +21,7 @@ fn spec<'a>(kernel: &'a Path, initrd: Option<&'a Path>, cmdline: &'a str) -> Boo
         cpus: 1,
         kernel_file: None,
         initrd_file: None,
+        memory_is_zero: false,
     }
 }
 
@@ -63,6 +64,24 @@ fn elf_is_entered_at_e_entry_with_bss_zeroed() {
     mem.read_slice(&mut buf, GuestAddress(MIB)).unwrap();
     assert!(buf[..0x2000].iter().all(|&b| b == 0xc3));
     assert!(buf[0x2000..].iter().all(|&b| b == 0), ".bss not zeroed");
+}
+
+/// Memory the caller says is fresh is not written where .bss lies (the
+/// launcher's guest RAM is mapped just before: writing zeros would only
+/// fault in host pages).
+#[test]
+fn fresh_memory_is_left_alone_under_bss() {
+    let (layout, mem) = guest(64);
+    mem.write_slice(&[0xffu8; 0x2000], GuestAddress(MIB + 0x2000))
+        .unwrap();
+    let k = TempFile::new(&good_elf());
+    let mut s = spec(k.path(), None, "");
+    s.memory_is_zero = true;
+    load(&mem, &layout, &s).unwrap();
+    let mut buf = [0u8; 0x2000];
+    mem.read_slice(&mut buf, GuestAddress(MIB + 0x2000))
+        .unwrap();
+    assert!(buf.iter().all(|&b| b == 0xff), "written although fresh");
 }
 
 /// After a privilege drop the launcher hands over open files whose paths
