@@ -26,9 +26,9 @@
 //! cache and reaches the image anyway). `--no-seccomp` installs nothing.
 
 use std::cell::Cell;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 
 use devices::threads::ThreadKind;
 use seccompiler::{
@@ -54,6 +54,7 @@ pub enum Kind {
 }
 
 impl Kind {
+    #[cfg(test)]
     const ALL: [Kind; 9] = [
         Kind::Main,
         Kind::Vcpu,
@@ -284,8 +285,9 @@ const PRCTL_OPTIONS: &[libc::c_int] = &[
     libc::PR_GET_SECCOMP,
 ];
 
-/// The compiled filter of each kind.
-static PROGRAMS: OnceLock<HashMap<Kind, BpfProgram>> = OnceLock::new();
+/// The compiled filter of each kind, made when its first thread starts
+/// (most kinds start after the guest does: none of them delays the boot).
+static PROGRAMS: Mutex<Vec<(Kind, Arc<BpfProgram>)>> = Mutex::new(Vec::new());
 static ENABLED: AtomicBool = AtomicBool::new(false);
 /// Kinds already said at `-v`, so that each is said once per boot.
 static SAID: Mutex<Vec<Kind>> = Mutex::new(Vec::new());
@@ -307,30 +309,12 @@ fn remember(kind: Kind) {
     THREAD_NAME.with(|t| t.set(name));
 }
 
-/// Turns filtering on for this boot: compiles every kind's filter, makes
-/// forbidden calls reports ([`on_sigsys`]), has the devices' threads
+/// Turns filtering on for this boot: makes forbidden calls reports
+/// ([`on_sigsys`]), has the devices' threads
 /// filter themselves, and filters the main thread, unless the previous
 /// boot's main filter came with the re-exec. Call it on the main thread
 /// with no other thread running.
 pub fn enable() -> Result<(), String> {
-    let arch = std::env::consts::ARCH
-        .try_into()
-        .map_err(|e| format!("seccomp: {e}"))?;
-    let mut programs = HashMap::new();
-    for kind in Kind::ALL {
-        let filter = SeccompFilter::new(
-            rules(kind)?,
-            SeccompAction::Trap,
-            SeccompAction::Allow,
-            arch,
-        )
-        .map_err(|e| format!("seccomp: the {} filter: {e}", kind.name()))?;
-        let program: BpfProgram = filter
-            .try_into()
-            .map_err(|e| format!("seccomp: the {} filter: {e}", kind.name()))?;
-        programs.insert(kind, program);
-    }
-    let _ = PROGRAMS.set(programs);
     install_sigsys_handler()?;
     ENABLED.store(true, Ordering::SeqCst);
     devices::threads::set_start_hook(device_thread_started);
@@ -351,11 +335,8 @@ pub fn install(kind: Kind) -> Result<(), String> {
     if !ENABLED.load(Ordering::SeqCst) {
         return Ok(());
     }
-    let program = PROGRAMS
-        .get()
-        .and_then(|p| p.get(&kind))
-        .ok_or_else(|| format!("seccomp: no {} filter", kind.name()))?;
-    seccompiler::apply_filter(program)
+    let program = program(kind)?;
+    seccompiler::apply_filter(&program)
         .map_err(|e| format!("seccomp: cannot install the {} filter: {e}", kind.name()))?;
     remember(kind);
     let mut said = SAID.lock().unwrap_or_else(|e| e.into_inner());
@@ -388,6 +369,32 @@ pub fn install_or_exit(kind: Kind) {
         eprintln!("launcher: {e}");
         std::process::exit(lifecycle::code::LAUNCHER_ERROR);
     }
+}
+
+/// `kind`'s filter, compiled on first use.
+fn program(kind: Kind) -> Result<Arc<BpfProgram>, String> {
+    let mut programs = PROGRAMS.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((_, p)) = programs.iter().find(|(k, _)| *k == kind) {
+        return Ok(p.clone());
+    }
+    let p = Arc::new(compile(kind)?);
+    programs.push((kind, p.clone()));
+    Ok(p)
+}
+
+fn compile(kind: Kind) -> Result<BpfProgram, String> {
+    let what = |e: &dyn std::fmt::Display| format!("seccomp: the {} filter: {e}", kind.name());
+    let arch = std::env::consts::ARCH.try_into().map_err(|e| what(&e))?;
+    let filter = SeccompFilter::new(
+        rules(kind)?,
+        SeccompAction::Trap,
+        SeccompAction::Allow,
+        arch,
+    )
+    .map_err(|e| what(&e))?;
+    filter
+        .try_into()
+        .map_err(|e: seccompiler::BackendError| what(&e))
 }
 
 fn device_thread_started(thread: ThreadKind) {
