@@ -122,6 +122,39 @@ fn the_lock_is_kept_across_a_reboot() {
     stop(holder(&[&img]));
 }
 
+/// An image replaced between boots (a new file renamed over it): the next
+/// boot opens and locks the new file, and the old descriptor, which it
+/// could not take, goes no further than that boot (the re-exec passes on
+/// only what the boot kept).
+#[test]
+fn a_replaced_image_is_not_carried_any_further() {
+    let dir = TempDir::new("disk-locks-replaced");
+    let img = image(&dir);
+    let mut g = holder(&[&img]);
+    let fresh = dir.sparse("new.img", 1 << 20);
+    std::fs::rename(&fresh, &img).unwrap();
+    let deleted = |g: &Guest| {
+        std::fs::read_dir(format!("/proc/{}/fd", g.pid()))
+            .unwrap()
+            .flatten()
+            .filter_map(|e| std::fs::read_link(e.path()).ok())
+            .filter(|t| t.to_string_lossy().contains("(deleted)"))
+            .count()
+    };
+    for boot in 2..=3 {
+        g.signal(libc::SIGHUP);
+        g.wait_for(&format!("starting boot #{boot}"), TIMEOUT);
+        g.wait_for("GUEST-WAITING", TIMEOUT);
+        let err = refused(&[&img]);
+        assert!(
+            err.contains("is in use"),
+            "boot {boot}: the new image is locked: {err}"
+        );
+    }
+    assert_eq!(deleted(&g), 0, "the replaced image is still open at boot 3");
+    stop(g);
+}
+
 #[test]
 fn a_fifo_is_refused_as_disk_kernel_or_initrd() {
     let dir = TempDir::new("disk-fifo");
