@@ -417,24 +417,54 @@ fn allowed(kind: Kind) -> Vec<i64> {
     calls
 }
 
+/// One rule: every `(argument, operation, value)` holds (32-bit compares).
+fn rule(conditions: &[(u8, SeccompCmpOp, u64)]) -> Result<SeccompRule, String> {
+    conditions
+        .iter()
+        .map(|(arg, op, value)| {
+            SeccompCondition::new(*arg, SeccompCmpArgLen::Dword, op.clone(), *value)
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .and_then(SeccompRule::new)
+        .map_err(|e| format!("seccomp: a rule: {e}"))
+}
+
+/// The argument checks of `kind`'s calls (none: any arguments).
+///
+/// - `prctl` outside main: only [`PRCTL_OPTIONS`].
+/// - `ioctl` on a vCPU (and so on the workers it starts): KVM's own
+///   requests (type 0xAE: `KVM_RUN`, ioeventfd, irqfd, GSI routes, the
+///   host workarounds' registers) and the tap's `TUNSETOFFLOAD` at
+///   feature negotiation; nothing for a terminal or a socket.
+/// - `ioctl` on main: anything but the two requests that push input into
+///   a terminal (`TIOCSTI`, `TIOCLINUX`'s paste), which no thread needs.
+fn arguments(kind: Kind, call: i64) -> Result<Vec<SeccompRule>, String> {
+    use SeccompCmpOp::{Eq, MaskedEq, Ne};
+    Ok(match (kind, call) {
+        (Kind::Main, libc::SYS_prctl) => Vec::new(),
+        (_, libc::SYS_prctl) => PRCTL_OPTIONS
+            .iter()
+            .map(|&op| rule(&[(0, Eq, op as u64)]))
+            .collect::<Result<_, _>>()?,
+        (Kind::Vcpu, libc::SYS_ioctl) => vec![
+            rule(&[(1, MaskedEq(0xff00), u64::from(KVMIO) << 8)])?,
+            rule(&[(1, Eq, libc::TUNSETOFFLOAD)])?,
+        ],
+        (Kind::Main, libc::SYS_ioctl) => {
+            vec![rule(&[(1, Ne, libc::TIOCSTI), (1, Ne, libc::TIOCLINUX)])?]
+        }
+        _ => Vec::new(),
+    })
+}
+
+/// The ioctl type of every KVM request (linux/kvm.h).
+const KVMIO: u8 = 0xae;
+
 fn rules(kind: Kind) -> Result<BTreeMap<i64, Vec<SeccompRule>>, String> {
-    let mut map = BTreeMap::new();
-    for call in allowed(kind) {
-        let rules = if call == libc::SYS_prctl && kind != Kind::Main {
-            PRCTL_OPTIONS
-                .iter()
-                .map(|&op| {
-                    SeccompCondition::new(0, SeccompCmpArgLen::Dword, SeccompCmpOp::Eq, op as u64)
-                        .and_then(|c| SeccompRule::new(vec![c]))
-                        .map_err(|e| format!("seccomp: prctl rule: {e}"))
-                })
-                .collect::<Result<Vec<_>, _>>()?
-        } else {
-            Vec::new()
-        };
-        map.insert(call, rules);
-    }
-    Ok(map)
+    allowed(kind)
+        .into_iter()
+        .map(|call| Ok((call, arguments(kind, call)?)))
+        .collect()
 }
 
 fn install_sigsys_handler() -> Result<(), String> {
@@ -535,14 +565,24 @@ impl Message {
 
 /// Test hook (the `test-hooks` build only): `LAUNCHER_TEST_SECCOMP_VIOLATION=KIND`
 /// makes the first thread of that kind call `acct(2)`, which no list
-/// allows, right after installing its filter.
+/// allows, right after installing its filter; `KIND:ioctl` makes it ask
+/// for stdin's terminal settings (`TCGETS`), a request only main may make.
 fn test_hook_forbidden_call(kind: Kind) {
     if !devices::test_hooks::ENABLED {
         return;
     }
-    if std::env::var("LAUNCHER_TEST_SECCOMP_VIOLATION").as_deref() == Ok(kind.name()) {
+    let Ok(v) = std::env::var("LAUNCHER_TEST_SECCOMP_VIOLATION") else {
+        return;
+    };
+    if v == kind.name() {
         // SAFETY: acct(NULL) takes no memory; the filter traps it anyway.
         unsafe { libc::syscall(libc::SYS_acct, std::ptr::null::<libc::c_char>()) };
+    } else if v.strip_suffix(":ioctl") == Some(kind.name()) {
+        // SAFETY: TCGETS writes one termios into `t`, which outlives the
+        // call; the filter traps it anyway.
+        let mut t: libc::termios = unsafe { std::mem::zeroed() };
+        // SAFETY: as above.
+        unsafe { libc::ioctl(0, libc::TCGETS, &mut t) };
     }
 }
 

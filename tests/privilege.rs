@@ -225,7 +225,8 @@ fn fifty_reboots_under_seccomp_and_chroot() {
 
 /// A thread that makes a call its filter forbids ends the launcher with
 /// its name, the call's number and exit code 5 (the test hook makes a
-/// vCPU and then a blk worker call acct(2), number 163 on x86-64);
+/// vCPU and then a blk worker call acct(2), number 163 on x86-64, and a
+/// vCPU an ioctl its list leaves out, number 16);
 /// `--no-seccomp` lets the same run finish.
 #[test]
 fn a_forbidden_system_call_ends_the_run_with_code_5() {
@@ -251,6 +252,17 @@ fn a_forbidden_system_call_ends_the_run_with_code_5() {
             "{kind}: {err}"
         );
     }
+    // A request outside the vCPU's ioctl list (the terminal's TCGETS).
+    let mut cmd = common::launcher();
+    cmd.env("LAUNCHER_TEST_SECCOMP_VIOLATION", "vcpu:ioctl")
+        .args(["16", elf.to_str().unwrap(), "scenario=hello"]);
+    let mut g = Guest::spawn(cmd);
+    assert_eq!(g.wait_exit(TIMEOUT).code(), Some(5), "{}", g.output());
+    assert!(
+        g.stderr().contains("(vcpu filter) made system call 16,"),
+        "{}",
+        g.stderr()
+    );
     let mut cmd = common::launcher();
     cmd.env("LAUNCHER_TEST_SECCOMP_VIOLATION", "vcpu").args([
         "--no-seccomp",
