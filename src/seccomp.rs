@@ -105,10 +105,23 @@ impl Kind {
         }
     }
 
-    /// Whether threads of this kind start other threads (and so need
-    /// their start-up calls and `seccomp` itself).
-    fn starts_threads(self) -> bool {
-        matches!(self, Kind::Main | Kind::Vcpu)
+    /// The kinds of thread this kind starts. A filter only narrows the
+    /// one its thread was started under, so this kind's list holds theirs
+    /// too ([`allowed`]), besides the calls that start a thread.
+    fn starts(self) -> &'static [Kind] {
+        match self {
+            Kind::Main => &[Kind::Vcpu, Kind::Writer],
+            // At DRIVER_OK, from the status write.
+            Kind::Vcpu => &[
+                Kind::BlkWorker,
+                Kind::NetWorker,
+                Kind::ConsoleWorker,
+                Kind::RngWorker,
+                Kind::OtherWorker,
+                Kind::KickRelay,
+            ],
+            _ => &[],
+        }
     }
 }
 
@@ -167,10 +180,6 @@ const MAIN: &[i64] = &[
     libc::SYS_writev,
     libc::SYS_pread64,
     libc::SYS_pwrite64,
-    libc::SYS_preadv,
-    libc::SYS_pwritev,
-    libc::SYS_preadv2,
-    libc::SYS_pwritev2,
     libc::SYS_open,
     libc::SYS_openat,
     libc::SYS_stat,
@@ -240,23 +249,13 @@ const MAIN: &[i64] = &[
 
 /// A vCPU: `KVM_RUN` and what its port and MMIO exits do (devices'
 /// registers, ioeventfd, irqfd and MSI routes at DRIVER_OK and on vector
-/// changes, the tap's offloads), and what the queue workers it starts do.
+/// changes, the tap's offloads); the workers' calls come with
+/// [`Kind::starts`].
 const VCPU: &[i64] = &[
     libc::SYS_ioctl,
     libc::SYS_eventfd2,
     libc::SYS_dup,
     libc::SYS_timerfd_settime,
-    libc::SYS_readv,
-    libc::SYS_writev,
-    libc::SYS_pread64,
-    libc::SYS_pwrite64,
-    libc::SYS_preadv,
-    libc::SYS_pwritev,
-    libc::SYS_preadv2,
-    libc::SYS_pwritev2,
-    libc::SYS_fdatasync,
-    libc::SYS_fsync,
-    libc::SYS_fallocate,
 ];
 
 /// A virtio-blk queue worker: positional I/O on the image, its flush,
@@ -401,15 +400,19 @@ fn device_thread_started(thread: ThreadKind) {
     install_or_exit(Kind::of(thread));
 }
 
-/// Every system call `kind` may make.
+/// Every system call `kind` may make: its own, and those of every kind
+/// it starts.
 fn allowed(kind: Kind) -> Vec<i64> {
     let mut calls: Vec<i64> = EVERY_THREAD.iter().chain(kind.calls()).copied().collect();
-    if kind.starts_threads() {
+    if !kind.starts().is_empty() {
         calls.extend_from_slice(STARTING_THREADS);
     }
+    for &started in kind.starts() {
+        calls.extend(allowed(started));
+    }
     // The test-hook build's stalled blk I/O (LAUNCHER_TEST_BLK_STALL)
-    // opens its FIFO on the blk worker, which a vCPU starts.
-    if devices::test_hooks::ENABLED && matches!(kind, Kind::BlkWorker | Kind::Vcpu) {
+    // opens its FIFO on the blk worker.
+    if devices::test_hooks::ENABLED && kind == Kind::BlkWorker {
         calls.push(libc::SYS_openat);
     }
     calls.sort_unstable();
