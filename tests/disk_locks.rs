@@ -43,6 +43,19 @@ fn refused(disks: &[&str]) -> String {
     err
 }
 
+/// Reboots `g` (no vmmci driver: SIGHUP re-executes at once) into boot
+/// number `boot` and checks that `img` is still locked then.
+fn reboot_still_locked(g: &mut Guest, boot: u32, img: &str) {
+    g.signal(libc::SIGHUP);
+    g.wait_for(&format!("starting boot #{boot}"), TIMEOUT);
+    g.wait_for("GUEST-WAITING", TIMEOUT);
+    let err = refused(&[img]);
+    assert!(
+        err.contains("is in use by another process"),
+        "boot {boot}: {err}"
+    );
+}
+
 fn stop(mut g: Guest) {
     g.signal(libc::SIGTERM);
     let status = g.wait_exit(TIMEOUT);
@@ -89,16 +102,8 @@ fn the_lock_is_kept_across_a_reboot() {
     let dir = TempDir::new("disk-locks-reboot");
     let img = image(&dir);
     let mut g = holder(&[&img]);
-    // No vmmci driver: SIGHUP reboots at once, by re-exec.
     for boot in 2..=3 {
-        g.signal(libc::SIGHUP);
-        g.wait_for(&format!("starting boot #{boot}"), TIMEOUT);
-        g.wait_for("GUEST-WAITING", TIMEOUT);
-        let err = refused(&[&img]);
-        assert!(
-            err.contains("is in use by another process"),
-            "boot {boot}: {err}"
-        );
+        reboot_still_locked(&mut g, boot, &img);
         // Not locked again after a gap: the very descriptor was carried
         // over (named in LAUNCHER_FDS, still the image, still locked).
         let env = std::fs::read(format!("/proc/{}/environ", g.pid())).expect("environ");
@@ -142,14 +147,7 @@ fn a_replaced_image_is_not_carried_any_further() {
             .count()
     };
     for boot in 2..=3 {
-        g.signal(libc::SIGHUP);
-        g.wait_for(&format!("starting boot #{boot}"), TIMEOUT);
-        g.wait_for("GUEST-WAITING", TIMEOUT);
-        let err = refused(&[&img]);
-        assert!(
-            err.contains("is in use"),
-            "boot {boot}: the new image is locked: {err}"
-        );
+        reboot_still_locked(&mut g, boot, &img);
     }
     assert_eq!(deleted(&g), 0, "the replaced image is still open at boot 3");
     stop(g);
