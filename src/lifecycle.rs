@@ -375,22 +375,22 @@ pub fn finish(req: VmRequest, argv: &[OsString]) -> ! {
         VmRequest::Signal(_) | VmRequest::Escape => std::time::Duration::from_millis(100),
         _ => std::time::Duration::from_secs(1),
     });
-    if matches!(req, VmRequest::Reboot { .. }) {
-        sync_disks();
-    } else {
-        cleanup();
-    }
     let pending = PENDING_SHUTDOWN.load(std::sync::atomic::Ordering::SeqCst);
     let req = match req {
         VmRequest::Reboot { reason } if pending != 0 => {
             eprintln!(
                 "launcher: the guest rebooted ({reason}) while asked to shut down; not starting it again"
             );
-            cleanup();
             VmRequest::Signal(pending)
         }
         req => req,
     };
+    // A reboot's next boot keeps using what `cleanup` would remove.
+    if matches!(req, VmRequest::Reboot { .. }) {
+        sync_disks();
+    } else {
+        cleanup();
+    }
     match &req {
         VmRequest::Poweroff => log::info!("guest powered off"),
         VmRequest::Reboot { reason } => {
