@@ -92,6 +92,21 @@ pub fn flag(word: &str) -> bool {
         .unwrap_or(false)
 }
 
+/// `path`'s file as the previous boot kept it under `name` ([`take`]), or
+/// else as `open` opens it; kept for the next boot either way.
+pub fn take_or_open(
+    name: &str,
+    path: &Path,
+    open: impl FnOnce() -> std::io::Result<File>,
+) -> std::io::Result<File> {
+    let file = match take(name, path) {
+        Some(f) => f,
+        None => open()?,
+    };
+    keep_file(name, file.try_clone()?.into());
+    Ok(file)
+}
+
 /// The descriptor the previous boot kept as `name`, if it is still open
 /// and is `path`'s file; close-on-exec again from here on.
 pub fn take(name: &str, path: &Path) -> Option<File> {

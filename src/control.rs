@@ -12,9 +12,9 @@
 //! one another launcher answers on, or any other file, is an error), kept
 //! listening across reboots (`carry`: clients never find it missing) and
 //! removed on exit (not after `--chroot`, whose process can no longer
-//! reach it: the next launcher on that path replaces the stale file). Clients that are neither the
-//! launcher's user nor root (SO_PEERCRED) are refused, should the file's
-//! mode have been opened up. An accept error (out of descriptors) rests
+//! reach it: the next launcher on that path replaces the stale file).
+//! Clients that are neither the launcher's user nor root (SO_PEERCRED)
+//! are refused, should the file's mode have been opened up. An accept error (out of descriptors) rests
 //! the listener for 100 ms instead of letting it spin the loop.
 //!
 //! [`ControlServer`] serves it as a subscriber of the launcher's event loop

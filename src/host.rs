@@ -85,21 +85,17 @@ impl Host {
     /// cannot be seen, the first boot's finding comes with the re-exec.
     pub fn detect() -> Self {
         let sys = Path::new("/sys/module");
-        let host = if sys.is_dir() {
-            Self::detect_in(sys)
+        let kind = if sys.is_dir() {
+            Self::detect_in(sys).kind
         } else if crate::carry::flag("kvm_pvm") {
-            Self {
-                kind: HostKind::NestedPvm,
-            }
+            HostKind::NestedPvm
         } else {
-            Self {
-                kind: HostKind::Hardware,
-            }
+            HostKind::Hardware
         };
-        if host.kind == HostKind::NestedPvm {
+        if kind == HostKind::NestedPvm {
             crate::carry::set_flag("kvm_pvm");
         }
-        host
+        Self { kind }
     }
 
     fn detect_in(sys_module: &Path) -> Self {

@@ -128,26 +128,15 @@ fn main() {
     lifecycle::finish(outcome, &argv)
 }
 
-/// Diagnostics go to stderr: `-v` and `-vv` what guest drivers, the
-/// devices and the host workarounds do (the devices' detail is
-/// `devices::trace`'s to decide), `-vvv` also every unclaimed I/O access.
-/// RUST_LOG overrides.
 /// The `--trace-file`: opened (and emptied) by the first boot only; a
 /// reboot's re-exec carries it over (`carry`) and the next boot appends.
 fn open_trace_file(cli: &cli::Cli) -> Result<Option<std::fs::File>, String> {
     let Some(path) = &cli.trace_file else {
         return Ok(None);
     };
-    let file = match carry::take("trace", path) {
-        Some(f) => f,
-        None => std::fs::File::create(path)
-            .map_err(|e| format!("cannot create the trace file {}: {e}", path.display()))?,
-    };
-    let copy = file
-        .try_clone()
-        .map_err(|e| format!("trace file {}: {e}", path.display()))?;
-    carry::keep_file("trace", copy.into());
-    Ok(Some(file))
+    carry::take_or_open("trace", path, || std::fs::File::create(path))
+        .map(Some)
+        .map_err(|e| format!("cannot create the trace file {}: {e}", path.display()))
 }
 
 /// Ends a run that could not start: one sentence, exit code 1.
@@ -157,6 +146,10 @@ fn fail(e: impl std::fmt::Display) -> ! {
     std::process::exit(lifecycle::code::LAUNCHER_ERROR);
 }
 
+/// Diagnostics go to stderr: `-v` and `-vv` what guest drivers, the
+/// devices and the host workarounds do (the devices' detail is
+/// `devices::trace`'s to decide), `-vvv` also every unclaimed I/O access.
+/// RUST_LOG overrides.
 fn init_logging(verbose: u8) {
     let level = match verbose {
         0 => "warn",

@@ -175,16 +175,8 @@ fn open_kvm() -> Result<Kvm> {
 /// The kernel or initrd at `path`, from the previous boot or opened
 /// (regular files only, never blocking); kept for the next.
 fn boot_file(name: &str, path: &std::path::Path) -> Result<std::fs::File> {
-    let file = match crate::carry::take(name, path) {
-        Some(f) => f,
-        None => loader::open_regular(path)
-            .map_err(|source| Error::io(format!("open the {name} {}", path.display()))(source))?,
-    };
-    let copy = file
-        .try_clone()
-        .map_err(Error::io(format!("keep {} open", path.display())))?;
-    crate::carry::keep_file(name, copy.into());
-    Ok(file)
+    crate::carry::take_or_open(name, path, || loader::open_regular(path))
+        .map_err(Error::io(format!("open the {name} {}", path.display())))
 }
 
 impl Vm {
