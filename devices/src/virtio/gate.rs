@@ -125,6 +125,13 @@ impl Gate {
         .entered()
     }
 
+    /// Another gate into this gate's generation, outside to begin with:
+    /// for a helper thread (virtio-blk's I/O threads) that touches guest
+    /// memory on the worker's behalf, so that a reset waits for it too.
+    pub fn sibling(&self) -> Gate {
+        Gate::new(self.generation.clone(), self.queue)
+    }
+
     fn entered(self) -> Gate {
         self.enter();
         self
