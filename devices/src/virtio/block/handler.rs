@@ -145,6 +145,8 @@ pub(super) struct BlockQueue {
     outstanding: usize,
     /// Whether this `process` put anything on the used ring.
     used: bool,
+    /// Whether the file takes `RWF_NOWAIT` reads (until it says not).
+    nowait_reads: bool,
 }
 
 /// A driver requirement a request broke, with what exactly the driver did.
@@ -355,6 +357,27 @@ fn guest_iovecs(
     Ok(iov)
 }
 
+/// One `preadv2(RWF_NOWAIT)` into `buf`: the bytes the page cache had,
+/// or EAGAIN if it had none of them.
+fn pread_nowait(file: &File, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+    let at = libc::off_t::try_from(offset).map_err(|_| io::Error::from_raw_os_error(libc::EFBIG))?;
+    let iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    loop {
+        // SAFETY: one iovec over `buf`, which we hold mutably.
+        let n = unsafe { libc::preadv2(file.as_raw_fd(), &iov, 1, at, libc::RWF_NOWAIT) };
+        if n >= 0 {
+            return Ok(n as usize);
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+}
+
 /// `pwritev` of all of `iov` at `offset`, however many calls it takes.
 /// The caller keeps the guest memory `iov` points into mapped throughout
 /// (it holds the `GuestMemoryMmap`).
@@ -433,6 +456,7 @@ impl BlockQueue {
             pool: None,
             outstanding: 0,
             used: false,
+            nowait_reads: true,
         }
     }
 
@@ -878,6 +902,64 @@ impl BlockQueue {
         Ok(())
     }
 
+    /// A read served here if the page cache holds all of it
+    /// (`preadv2(RWF_NOWAIT)`: no wait for the disk, though still outside
+    /// the gate); `None` if part of it would wait, for an I/O thread to do
+    /// the whole read. Waking a thread costs more than a cached read, so
+    /// only reads that go to the disk are worth running side by side.
+    fn read_now(
+        &mut self,
+        job: &Job,
+        gate: &Gate,
+        mem: &GuestMemoryMmap,
+    ) -> Result<Option<Outcome>, Violation> {
+        let Io::Read { offset, parts } = &job.io else {
+            return Ok(None);
+        };
+        let req = &job.reply.req;
+        let file = &self.disk.file;
+        let total: u64 = parts.iter().map(|&(_, n)| n).sum();
+        let mut done = 0;
+        while done < total {
+            let n = (total - done).min(BOUNCE_LEN as u64) as usize;
+            if self.bounce.len() < n {
+                self.bounce.resize(n, 0);
+            }
+            let buf = &mut self.bounce[..n];
+            let io = gate.outside(|| {
+                crate::test_hooks::blk_io(req.sector);
+                pread_nowait(file, buf, offset + done)
+            });
+            match io {
+                Err(Revoked) => return Ok(Some(Outcome::revoked())),
+                Ok(Ok(got)) if got == n => {}
+                // Partly cached, or the file ends early: the thread's
+                // blocking read says which.
+                Ok(Ok(_)) => return Ok(None),
+                Ok(Err(e)) if e.raw_os_error() == Some(libc::EAGAIN) => return Ok(None),
+                Ok(Err(e))
+                    if matches!(e.raw_os_error(), Some(libc::EOPNOTSUPP | libc::EINVAL)) =>
+                {
+                    // tmpfs, NFS, kernels before 4.14: every read to the threads.
+                    self.nowait_reads = false;
+                    return Ok(None);
+                }
+                Ok(Err(e)) => {
+                    return Ok(Some(Outcome {
+                        written: done,
+                        ..Outcome::status(host_error(&self.disk, req, "read", &e))
+                    }))
+                }
+            }
+            scatter(mem, parts, done, buf).map_err(|e| memory_violation(req.head, e))?;
+            done += n as u64;
+        }
+        Ok(Some(Outcome {
+            written: done,
+            ..Outcome::status(S_OK)
+        }))
+    }
+
     /// Hands `job` to the I/O threads, starting one if none is free.
     fn hand_over(&mut self, mut job: Job, queue: &CheckedQueue, mem: &GuestMemoryMmap) {
         let pool = self
@@ -944,6 +1026,17 @@ impl BlockQueue {
                     }
                     self.settle(queue, mem)?;
                     self.run_here(job, queue, mem)?;
+                }
+                Step::Job(job) if matches!(job.io, Io::Read { .. }) && self.nowait_reads => {
+                    match self.read_now(&job, queue.gate(), mem)? {
+                        Some(outcome) if outcome.revoked => return Err(Halt::Revoked),
+                        Some(outcome) => self.finish(queue, mem, job.reply, outcome)?,
+                        None => {
+                            if let Some(prev) = held.replace(job) {
+                                self.hand_over(prev, queue, mem);
+                            }
+                        }
+                    }
                 }
                 Step::Job(job) => {
                     if let Some(prev) = held.replace(job) {
