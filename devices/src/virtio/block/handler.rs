@@ -11,16 +11,22 @@
 //! # The request path
 //!
 //! The queue's worker pops and checks every available chain; what needs
-//! no host I/O (a refusal, GET_ID) is answered at once. A request that
-//! needs the disk becomes a [`Job`]: all but the last of a notification's
-//! jobs go to the queue's I/O threads ([`pool`], started lazily by the
-//! worker, at most [`IO_THREADS`]), the worker runs the last one itself
-//! (so a lone request costs no hand-over), helps with what the threads
-//! have not picked up yet, and then waits for the rest. It answers each
-//! request — status byte, used ring — as it completes, so used entries
-//! may be published out of order (legal: §2.7.8, a device may use
-//! buffers in any order). `process` returns once every request it popped
-//! is answered, so the worker's interrupt covers them all.
+//! no host I/O (a refusal, GET_ID) is answered at once. A read is first
+//! tried on the worker with `preadv2(RWF_NOWAIT)`, which returns only what
+//! the page cache holds: waking a thread costs more than a cached 4 KiB
+//! read (on the 2-CPU bench machine, handing every read over cut depth-32
+//! reads to a fifth), so only requests that may wait for the disk run side
+//! by side. Those — reads the cache could not serve (all reads on a file
+//! system without `RWF_NOWAIT`, such as tmpfs or NFS), writes, discards
+//! and write-zeroes — become [`Job`]s: all but the notification's last go
+//! to the queue's I/O threads ([`pool`], started lazily by the worker, at
+//! most [`IO_THREADS`]); the worker runs the last itself (a lone request
+//! costs no hand-over), helps with what no thread has picked up yet, and
+//! then waits for the rest. It answers each request — status byte, used
+//! ring — as it completes, so used entries may be published out of order
+//! (legal: a device may use buffers in any order, §2.7.8 of virtio 1.2).
+//! `process` returns once every request it popped is answered, so the
+//! worker's interrupt covers them all.
 //!
 //! A FLUSH is a barrier: every job before it completes first, then the
 //! `fdatasync` runs, so it covers every write the driver submitted before
@@ -360,7 +366,8 @@ fn guest_iovecs(
 /// One `preadv2(RWF_NOWAIT)` into `buf`: the bytes the page cache had,
 /// or EAGAIN if it had none of them.
 fn pread_nowait(file: &File, buf: &mut [u8], offset: u64) -> io::Result<usize> {
-    let at = libc::off_t::try_from(offset).map_err(|_| io::Error::from_raw_os_error(libc::EFBIG))?;
+    let at =
+        libc::off_t::try_from(offset).map_err(|_| io::Error::from_raw_os_error(libc::EFBIG))?;
     let iov = libc::iovec {
         iov_base: buf.as_mut_ptr().cast(),
         iov_len: buf.len(),
@@ -937,9 +944,7 @@ impl BlockQueue {
                 // blocking read says which.
                 Ok(Ok(_)) => return Ok(None),
                 Ok(Err(e)) if e.raw_os_error() == Some(libc::EAGAIN) => return Ok(None),
-                Ok(Err(e))
-                    if matches!(e.raw_os_error(), Some(libc::EOPNOTSUPP | libc::EINVAL)) =>
-                {
+                Ok(Err(e)) if matches!(e.raw_os_error(), Some(libc::EOPNOTSUPP | libc::EINVAL)) => {
                     // tmpfs, NFS, kernels before 4.14: every read to the threads.
                     self.nowait_reads = false;
                     return Ok(None);
