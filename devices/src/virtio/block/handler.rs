@@ -1714,6 +1714,68 @@ mod tests {
         assert!(!h.process(&mut q, &mem).unwrap());
     }
 
+    /// Writes, a FLUSH and reads in one notification: the writes go to
+    /// the I/O threads (all but the last), the FLUSH waits for them, and
+    /// every request is answered, each once, before `process` returns.
+    #[test]
+    fn writes_flush_and_reads_in_one_notification() {
+        let disk = TempDisk::new(16 * SECTOR);
+        let mut b = open(&disk, false, None);
+        let mut h = handler(&mut b, ALL);
+        let mem = ram();
+        let (vq, mut q) = queue(&mem, ALL);
+        let kinds = [
+            (VIRTIO_BLK_T_OUT, 0u64),
+            (VIRTIO_BLK_T_OUT, 1),
+            (VIRTIO_BLK_T_OUT, 2),
+            (VIRTIO_BLK_T_FLUSH, 0),
+            (VIRTIO_BLK_T_IN, 8),
+        ];
+        for (r, &(kind, sector)) in kinds.iter().enumerate() {
+            let r16 = r as u16;
+            let hdr = HDR + 16 * r as u64;
+            let data = DATA + (SECTOR * r) as u64;
+            header(&mem, hdr, kind, sector);
+            mem.write_slice(&[0x40 + r as u8; SECTOR], GuestAddress(data))
+                .unwrap();
+            let d = 3 * r16;
+            let status = STATUS + r as u64;
+            vq.desc_table()
+                .store(d, desc(hdr, 16, NEXT, d + 1))
+                .unwrap();
+            if kind == VIRTIO_BLK_T_FLUSH {
+                vq.desc_table()
+                    .store(d + 1, desc(status, 1, WRITE, 0))
+                    .unwrap();
+            } else {
+                let w = if kind == VIRTIO_BLK_T_IN { WRITE } else { 0 };
+                vq.desc_table()
+                    .store(d + 1, desc(data, SECTOR as u32, w | NEXT, d + 2))
+                    .unwrap();
+                vq.desc_table()
+                    .store(d + 2, desc(status, 1, WRITE, 0))
+                    .unwrap();
+            }
+            vq.avail().ring().ref_at(r).unwrap().store(d);
+        }
+        vq.avail().idx().store(kinds.len() as u16);
+        mem.write_slice(&[0xffu8; 5], GuestAddress(STATUS)).unwrap();
+        assert!(h.process(&mut q, &mem).unwrap());
+        assert_eq!(mem.read_obj::<u16>(GuestAddress(USED + 2)).unwrap(), 5);
+        assert_eq!(guest(&mem, STATUS, 5), vec![S_OK; 5]);
+        let mut heads: Vec<u32> = (0..5)
+            .map(|i| mem.read_obj::<u32>(GuestAddress(USED + 4 + 8 * i)).unwrap())
+            .collect();
+        heads.sort_unstable();
+        assert_eq!(heads, vec![0, 3, 6, 9, 12], "each request used once");
+        for r in 0..3 {
+            assert_eq!(disk.sectors(r, 1), vec![0x40 + r as u8; SECTOR]);
+        }
+        let read = |r: usize| guest(&mem, DATA + (SECTOR * r) as u64, SECTOR);
+        assert_eq!(read(4), disk.sectors(8, 1));
+        assert!(!h.process(&mut q, &mem).unwrap());
+    }
+
     #[test]
     fn beyond_capacity_is_ioerr_reported_and_touches_nothing() {
         let disk = TempDisk::new(16 * SECTOR);
