@@ -32,6 +32,7 @@ pub static STARTED: OnceLock<Instant> = OnceLock::new();
 
 fn main() {
     STARTED.get_or_init(Instant::now);
+    limit_malloc_arenas();
     let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
     let cli = match cli::Cli::try_parse() {
         Ok(cli) => cli,
@@ -144,6 +145,19 @@ fn fail(e: impl std::fmt::Display) -> ! {
     terminal::restore();
     eprintln!("launcher: {e}");
     std::process::exit(lifecycle::code::LAUNCHER_ERROR);
+}
+
+/// Caps glibc's malloc arenas at the CPUs this process may run on (at
+/// most 8), before any thread exists. Otherwise the ninth thread to
+/// allocate (a blk queue's I/O threads come in eights) makes glibc count
+/// the CPUs by opening `/sys/devices/system/cpu/online`, a call its
+/// seccomp filter rightly refuses; and every arena keeps free memory of
+/// its own, which bench/run's "memory beyond guest RAM" counts.
+fn limit_malloc_arenas() {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get().min(8));
+    // SAFETY: mallopt only sets an allocator parameter; called before any
+    // other thread exists. Its result (0 on failure) leaves glibc's default.
+    unsafe { libc::mallopt(libc::M_ARENA_MAX, cpus as libc::c_int) };
 }
 
 /// Diagnostics go to stderr: `-v` and `-vv` what guest drivers, the

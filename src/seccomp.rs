@@ -11,14 +11,15 @@
 //! Two facts of seccomp shape the lists:
 //! - A filter applies to the threads its thread starts afterwards, and
 //!   theirs only narrow it. The vCPU threads start the queue workers (at
-//!   DRIVER_OK), so the vCPU list holds the workers' calls too; the main
+//!   DRIVER_OK), so the vCPU list holds the workers' calls too, as a blk
+//!   worker's holds its I/O threads' ([`Kind::starts`]); the main
 //!   thread starts everything and its list is the widest (the set-up of a
 //!   machine, the event loop, and the re-exec of a reboot).
 //! - Filters survive `execve` and stack. A reboot re-executes the launcher
 //!   from the main thread, whose filter the next boot's main thread so
 //!   inherits and keeps: it installs none of its own (it knows from
 //!   `LAUNCHER_STATE` and `PR_GET_SECCOMP`), and every boot's threads carry
-//!   the same two or three filters, however many reboots came before.
+//!   the same filters (two to four), however many reboots came before.
 //!
 //! A forbidden call is trapped (`SIGSYS`): the launcher names the thread
 //! and the system call, restores the terminal and exits with code 5. The
@@ -44,6 +45,8 @@ pub enum Kind {
     Main,
     Vcpu,
     BlkWorker,
+    /// A virtio-blk queue's I/O thread (started by its worker).
+    BlkIo,
     NetWorker,
     ConsoleWorker,
     RngWorker,
@@ -55,10 +58,11 @@ pub enum Kind {
 
 impl Kind {
     #[cfg(test)]
-    const ALL: [Kind; 9] = [
+    const ALL: [Kind; 10] = [
         Kind::Main,
         Kind::Vcpu,
         Kind::BlkWorker,
+        Kind::BlkIo,
         Kind::NetWorker,
         Kind::ConsoleWorker,
         Kind::RngWorker,
@@ -72,6 +76,7 @@ impl Kind {
             Kind::Main => "main",
             Kind::Vcpu => "vcpu",
             Kind::BlkWorker => "blk-worker",
+            Kind::BlkIo => "blk-io",
             Kind::NetWorker => "net-worker",
             Kind::ConsoleWorker => "console-worker",
             Kind::RngWorker => "rng-worker",
@@ -88,6 +93,7 @@ impl Kind {
             ThreadKind::QueueWorker(3) => Kind::ConsoleWorker,
             ThreadKind::QueueWorker(4) => Kind::RngWorker,
             ThreadKind::QueueWorker(_) => Kind::OtherWorker,
+            ThreadKind::BlkIo => Kind::BlkIo,
             ThreadKind::KickRelay => Kind::KickRelay,
             ThreadKind::Writer => Kind::Writer,
         }
@@ -98,7 +104,7 @@ impl Kind {
         match self {
             Kind::Main => MAIN,
             Kind::Vcpu => VCPU,
-            Kind::BlkWorker => BLK,
+            Kind::BlkWorker | Kind::BlkIo => BLK,
             Kind::NetWorker => NET,
             Kind::ConsoleWorker | Kind::RngWorker | Kind::OtherWorker => &[],
             Kind::KickRelay | Kind::Writer => &[],
@@ -111,6 +117,8 @@ impl Kind {
     fn starts(self) -> &'static [Kind] {
         match self {
             Kind::Main => &[Kind::Vcpu, Kind::Writer],
+            // Lazily, when a notification brings requests that may wait.
+            Kind::BlkWorker => &[Kind::BlkIo],
             // At DRIVER_OK, from the status write.
             Kind::Vcpu => &[
                 Kind::BlkWorker,
@@ -411,8 +419,8 @@ fn allowed(kind: Kind) -> Vec<i64> {
         calls.extend(allowed(started));
     }
     // The test-hook build's stalled blk I/O (LAUNCHER_TEST_BLK_STALL)
-    // opens its FIFO on the blk worker.
-    if devices::test_hooks::ENABLED && kind == Kind::BlkWorker {
+    // opens its FIFO on the blk worker or an I/O thread.
+    if devices::test_hooks::ENABLED && kind == Kind::BlkIo {
         calls.push(libc::SYS_openat);
     }
     calls.sort_unstable();
@@ -619,7 +627,7 @@ mod tests {
                 assert!(!calls.contains(&never), "{kind:?} allows {never}");
             }
         }
-        for worker in [Kind::BlkWorker, Kind::NetWorker, Kind::Writer] {
+        for worker in [Kind::BlkIo, Kind::NetWorker, Kind::Writer] {
             let calls = allowed(worker);
             for not_theirs in [
                 libc::SYS_ioctl,

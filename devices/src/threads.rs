@@ -15,6 +15,9 @@ pub enum ThreadKind {
     /// A virtqueue's worker; the device type (virtio 1.0 §5: 1 net, 2
     /// block, 3 console, 4 rng; vmmci's id otherwise).
     QueueWorker(u32),
+    /// One of a virtio-blk queue's I/O threads, started by its worker:
+    /// requests that may wait for the disk.
+    BlkIo,
     /// The legacy transport's relay of one port notification to several
     /// queues' workers.
     KickRelay,

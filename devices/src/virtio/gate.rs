@@ -14,8 +14,10 @@
 //!   [`Gate::outside`] around `pread`, `pwrite`, `fdatasync`, and learns on
 //!   the way back in whether the device was reset meanwhile
 //!   ([`Revoked`]); it then drops the request without a word to the guest.
-//!   So block reads land in the handler's private bounce buffer and are
-//!   copied into guest memory only after re-entering.
+//!   So block reads that may wait for the disk land in a private bounce
+//!   buffer and are copied into guest memory only after re-entering (reads
+//!   the page cache holds cannot block, and go straight into guest memory
+//!   from inside).
 //! - The reset [`Generation::close`]s the generation: from then on no gate
 //!   lets anyone in, and `close` waits (bounded) until every worker that
 //!   was inside has left. When it returns `true`, guest memory is the
@@ -123,6 +125,13 @@ impl Gate {
             inside: AtomicBool::new(false),
         }
         .entered()
+    }
+
+    /// Another gate into this gate's generation, outside to begin with:
+    /// for a helper thread (virtio-blk's I/O threads) that touches guest
+    /// memory on the worker's behalf, so that a reset waits for it too.
+    pub fn sibling(&self) -> Gate {
+        Gate::new(self.generation.clone(), self.queue)
     }
 
     fn entered(self) -> Gate {

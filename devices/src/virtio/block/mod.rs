@@ -10,7 +10,9 @@
 //! request on the single request queue means — reads, writes, flushes,
 //! GET_ID, discard, write-zeroes, and which requests break a driver rule —
 //! lives in `handler.rs`, which moves data between guest RAM and the file
-//! with positional I/O (`pread`/`pwrite`) on the worker thread.
+//! with positional I/O (`pread` through a bounce buffer, `pwritev` from
+//! guest memory) on the worker thread and, for requests that may wait for
+//! the disk, on a small pool of I/O threads per queue.
 
 mod handler;
 
