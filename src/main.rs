@@ -154,10 +154,21 @@ fn fail(e: impl std::fmt::Display) -> ! {
 /// seccomp filter rightly refuses; and every arena keeps free memory of
 /// its own, which bench/run's "memory beyond guest RAM" counts.
 fn limit_malloc_arenas() {
-    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get().min(8));
-    // SAFETY: mallopt only sets an allocator parameter; called before any
-    // other thread exists. Its result (0 on failure) leaves glibc's default.
-    unsafe { libc::mallopt(libc::M_ARENA_MAX, cpus as libc::c_int) };
+    // sched_getaffinity, not available_parallelism(), which also reads
+    // cgroup files: this runs on every start.
+    // SAFETY: a zeroed cpu_set_t is an empty set; the kernel fills it
+    // within the size given. mallopt only sets an allocator parameter,
+    // before any other thread exists; on failure (0) glibc keeps its
+    // default.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        let cpus = if libc::sched_getaffinity(0, std::mem::size_of_val(&set), &mut set) == 0 {
+            libc::CPU_COUNT(&set).clamp(1, 8)
+        } else {
+            1
+        };
+        libc::mallopt(libc::M_ARENA_MAX, cpus);
+    }
 }
 
 /// Diagnostics go to stderr: `-v` and `-vv` what guest drivers, the
