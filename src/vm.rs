@@ -17,7 +17,7 @@
 //! (`devices/src/virtio/vmmci/host.rs`), and here [`FirstRequest`], which
 //! hears every [`VmControl::request`] through an eventfd and ends the loop.
 
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, RawFd};
 use std::sync::{Arc, Mutex};
 
 use devices::legacy::{ports, Cmos, InputSink, PowerManagement, SerialPort, I8042};
@@ -32,7 +32,7 @@ use devices::virtio::vmmci::{self, ClockWatcher, Vmmci, VmmciControl, VmmciEvent
 use devices::virtio::VirtioDevice;
 use devices::{Bus, Requests, VmControl, VmRequest};
 use event_manager::{EventManager, EventOps, EventSet, Events, MutEventSubscriber, SubscriberOps};
-use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, KVM_PIT_SPEAKER_DUMMY};
+use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, CpuId, KVM_PIT_SPEAKER_DUMMY};
 use kvm_ioctls::{Cap, Kvm, VmFd};
 use loader::layout::MemoryLayout;
 use loader::GuestMemory;
@@ -190,6 +190,7 @@ impl Vm {
             initrd,
         } = files;
         check_kvm(&kvm)?;
+        let cpuid = supported_cpuid_meanwhile(&kvm);
         let max = kvm.get_max_vcpus();
         if usize::from(config.cpus) > max {
             return Err(Error::TooManyCpus {
@@ -365,9 +366,12 @@ impl Vm {
         let pm = PowerManagement::new(control.clone());
         pio.insert(Arc::new(Mutex::new(pm)), ports::PM, ports::PM_LEN)?;
 
-        let base_cpuid = kvm
-            .get_supported_cpuid(kvm_bindings::KVM_MAX_CPUID_ENTRIES)
-            .map_err(Error::kvm("report its CPUID"))?;
+        let base_cpuid = match cpuid.map(|t| t.join()) {
+            Some(Ok(asked)) => asked,
+            // No thread, or it died: ask here.
+            _ => supported_cpuid(&kvm),
+        }
+        .map_err(Error::kvm("report its CPUID"))?;
         let mut vcpus = Vec::with_capacity(config.cpus.into());
         for (id, fd) in (0..config.cpus).zip(vcpu_fds) {
             vcpu::configure(&fd, id, config.cpus, &base_cpuid, &mem, &boot)?;
@@ -566,6 +570,33 @@ impl ConsoleInput for StdinRoute {
         let _ = self.serial.room.read();
         let _ = self.virtio.room().read();
     }
+}
+
+fn supported_cpuid(kvm: &Kvm) -> std::result::Result<CpuId, kvm_ioctls::Error> {
+    kvm.get_supported_cpuid(kvm_bindings::KVM_MAX_CPUID_ENTRIES)
+}
+
+/// `KVM_GET_SUPPORTED_CPUID` on a thread of its own (`cpuid`), while this
+/// one builds the machine: KVM runs CPUID for every leaf, which on a
+/// nested host traps each time (about a millisecond in all, a quarter of
+/// the launcher's start-up there). `None` if the thread cannot start;
+/// the caller then asks itself. The thread runs under the main thread's
+/// seccomp filter and is joined before any vCPU starts.
+fn supported_cpuid_meanwhile(
+    kvm: &Kvm,
+) -> Option<std::thread::JoinHandle<std::result::Result<CpuId, kvm_ioctls::Error>>> {
+    // SAFETY: dup of the open /dev/kvm descriptor; a negative result is
+    // checked before the new Kvm takes ownership of it.
+    let fd = unsafe { libc::dup(kvm.as_raw_fd()) };
+    if fd < 0 {
+        return None;
+    }
+    // SAFETY: `fd` is a fresh descriptor of /dev/kvm that nothing else owns.
+    let own = unsafe { Kvm::from_raw_fd(fd) };
+    std::thread::Builder::new()
+        .name("cpuid".into())
+        .spawn(move || supported_cpuid(&own))
+        .ok()
 }
 
 /// Checks the KVM API version and the capabilities the launcher relies on.
