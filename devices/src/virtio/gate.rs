@@ -16,12 +16,15 @@
 //!   ([`Revoked`]); it then drops the request without a word to the guest.
 //!   So block reads that may wait for the disk land in a private bounce
 //!   buffer and are copied into guest memory only after re-entering (reads
-//!   the page cache holds cannot block, and go straight into guest memory
-//!   from inside).
+//!   the page cache holds go straight into guest memory from inside; see
+//!   the block handler's docs for the rare one the kernel makes wait).
 //! - The reset [`Generation::close`]s the generation: from then on no gate
 //!   lets anyone in, and `close` waits (bounded) until every worker that
 //!   was inside has left. When it returns `true`, guest memory is the
-//!   driver's alone, whatever the stuck workers do later.
+//!   driver's alone, whatever the stuck workers do later. When it gives
+//!   up, a modern transport keeps the reset unfinished for the driver
+//!   until [`Generation::drained`], and a worker still inside a closed
+//!   generation answers nobody ([`Gate::may_answer`]).
 //!
 //! ```text
 //!  worker:  enter ── pop, parse ── outside(pread) ── enter? ── copy, used ring, irq ── leave
@@ -67,6 +70,12 @@ impl Generation {
 
     pub fn is_open(&self) -> bool {
         self.state().open
+    }
+
+    /// Whether no worker is inside any more (a close that timed out may
+    /// still be waited for this way, without blocking).
+    pub fn drained(&self) -> bool {
+        self.state().inside == 0
     }
 
     /// Lets nobody in any more and waits, at most `wait`, for the workers
@@ -167,6 +176,14 @@ impl Gate {
     /// Whether this worker may touch guest memory now.
     pub fn is_inside(&self) -> bool {
         self.inside.load(Ordering::SeqCst)
+    }
+
+    /// Whether the worker may still answer the driver (used ring, status
+    /// bytes, interrupts): inside, and the generation not closed. Only a
+    /// worker that stayed inside past a close that gave up waiting for it
+    /// is inside a closed generation; what it finishes reaches nobody.
+    pub fn may_answer(&self) -> bool {
+        self.is_inside() && self.generation.is_open()
     }
 
     /// Runs `io`, which may block on the host, outside the gate, and goes

@@ -612,15 +612,16 @@ impl CheckedQueue {
     /// Returns chain `head` to the driver, `len` bytes written into it.
     /// Fails only if the device names a head outside the table (a device
     /// bug, reported loudly all the same) or the used ring cannot be written.
-    /// After a reset (the worker is not inside its gate) nothing is
-    /// written: the ring belongs to the driver again.
+    /// After a reset (the worker is not inside its gate, or its gate's
+    /// generation is closed) nothing is written: the ring belongs to the
+    /// driver again.
     pub fn add_used(
         &mut self,
         mem: &GuestMemoryMmap,
         head: u16,
         len: u32,
     ) -> Result<(), Violation> {
-        if !self.gate.is_inside() {
+        if !self.gate.may_answer() {
             log::debug!(
                 "queue {}: head {head} used after a reset; dropped",
                 self.index
@@ -648,7 +649,7 @@ impl CheckedQueue {
     /// call: `used_event` decides with VIRTIO_F_EVENT_IDX, otherwise
     /// VIRTQ_AVAIL_F_NO_INTERRUPT (§2.4.7.2). Errs towards interrupting.
     pub fn needs_interrupt(&mut self, mem: &GuestMemoryMmap) -> bool {
-        if !self.gate.is_inside() {
+        if !self.gate.may_answer() {
             return false;
         }
         if self.event_idx {

@@ -188,8 +188,9 @@ fn run(mut s: WorkerSetup, stop: EventFd) {
         }
         let result = s.handler.process(&mut s.queue, &s.mem);
         // The handler stepped out for host I/O and the device was reset
-        // meanwhile: nothing it found or finished concerns the guest now.
-        if !s.queue.gate().is_inside() {
+        // meanwhile (or it stayed inside past a reset that gave up waiting
+        // for it): nothing it found or finished concerns the guest now.
+        if !s.queue.gate().may_answer() {
             return;
         }
         for warning in s.queue.take_findings() {

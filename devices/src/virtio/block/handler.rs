@@ -49,10 +49,19 @@
 //!   two iovecs). A write only reads guest memory, so it may go on after
 //!   a reset: at worst the image gets what the buffer holds by then, as a
 //!   real disk may still write a request it was given.
-//! - Reads the page cache holds are zero-copy too, and run *inside* the
-//!   gate: `RWF_NOWAIT` returns EAGAIN rather than wait for the disk, so
-//!   such a read is bounded like any copy into guest memory, and a reset
-//!   waits for it as it would for the copy.
+//! - Reads the page cache holds are zero-copy too on a modern device,
+//!   and run *inside* the gate: `RWF_NOWAIT` returns EAGAIN rather than
+//!   wait for the data, so such a read is bounded like any copy into
+//!   guest memory, and a reset waits for it as it would for the copy. The
+//!   kernel may still make it wait now and then (readahead it starts on
+//!   the way; the image is opened `O_NOATIME` so that an access-time
+//!   update does not). Should that outlast a reset's wait, the reset is
+//!   finished for the driver only when the worker has left: device_status
+//!   reads non-zero until then (§4.1.4.3.2, `transport/core.rs`), and
+//!   what the worker finishes after the reset answers nobody
+//!   ([`Gate::may_answer`]). A legacy driver has no such handshake, so a
+//!   legacy device reads the page cache into the bounce buffer outside
+//!   the gate, as below.
 //! - Reads that would wait go through a private bounce buffer (per I/O
 //!   thread, up to [`BOUNCE_LEN`] at a time) and are copied into guest
 //!   memory only from inside the gate. A zero-copy `preadv` would write
@@ -88,7 +97,7 @@ use std::io;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use virtio_bindings::bindings::virtio_blk::{
@@ -138,6 +147,8 @@ pub(super) struct Disk {
     /// The `writeback` configuration field: with CONFIG_WCE negotiated,
     /// 0 asks for writethrough (every write stable when it completes).
     pub(super) writeback: AtomicBool,
+    /// `fdatasync` failures so far ([`sync`]).
+    pub(super) sync_failures: AtomicU64,
 }
 
 /// The request queue's handler for one activation.
@@ -399,7 +410,8 @@ fn preadv_cached(
         let at = file_offset(offset)?;
         // SAFETY: `iov[first..first + count]` are valid iovecs into guest
         // RAM, mapped for as long as the caller's `GuestMemoryMmap` lives
-        // (the whole call); the kernel writes at most their lengths.
+        // (the whole call), or into the caller's bounce buffer, which it
+        // holds mutably; the kernel writes at most their lengths.
         let n = unsafe {
             libc::preadv2(
                 file.as_raw_fd(),
@@ -903,7 +915,13 @@ impl BlockQueue {
         mem: &GuestMemoryMmap,
         reply: Reply,
         outcome: Outcome,
-    ) -> Result<(), Violation> {
+    ) -> Result<(), Halt> {
+        // A worker that stayed inside past a reset that gave up waiting
+        // for it (a cached read the kernel made wait) answers nobody, and
+        // starts nothing more: the queue is no longer its own.
+        if !queue.gate().may_answer() {
+            return Err(Halt::Revoked);
+        }
         let req = &reply.req;
         let trace = queue.tracer();
         if trace.wants(Detail::Request) {
@@ -931,7 +949,17 @@ impl BlockQueue {
             mem.write_obj(outcome.status, at)
                 .map_err(|e| memory_violation(req.head, e))?;
         }
-        let len = u32::try_from(outcome.written + 1).unwrap_or(u32::MAX);
+        // The used length counts the bytes written from the first
+        // device-writable byte on without a gap (virtio 1.1 §2.7.8.2: the
+        // device "MUST write at least len bytes ... beginning at the first
+        // device-writable buffer"): the status byte only when every data
+        // byte before it was written too.
+        let written = if outcome.written == req.in_len {
+            outcome.written + 1
+        } else {
+            outcome.written
+        };
+        let len = u32::try_from(written).unwrap_or(u32::MAX);
         queue.add_used(mem, req.head, len)?;
         self.used = true;
         // Answered first, then reported: the worker hands the rule to
@@ -960,13 +988,19 @@ impl BlockQueue {
         Ok(())
     }
 
-    /// A read served here, zero-copy, if the page cache holds all of it:
-    /// `preadv2(RWF_NOWAIT)` straight into the guest's buffers, inside the
-    /// gate (it never waits for the disk, so a reset waits no longer than
-    /// for a copy). `None` if part of it would wait, for an I/O thread to
-    /// do the whole read through its bounce buffer, outside the gate.
-    /// Waking a thread costs more than a cached read, so only reads that
-    /// go to the disk are worth running side by side.
+    /// A read served here if the page cache holds all of it
+    /// (`preadv2(RWF_NOWAIT)`); `None` if part of it would wait, for an I/O
+    /// thread to do the whole read through its bounce buffer, outside the
+    /// gate. Waking a thread costs more than a cached read, so only reads
+    /// that go to the disk are worth running side by side.
+    ///
+    /// A modern device reads straight into the guest's buffers, inside
+    /// the gate: such a read waits for nothing but, rarely, the kernel's
+    /// own readahead or atime work, and should that outlast a reset's
+    /// wait, the modern reset handshake keeps the driver off its buffers
+    /// until the worker has left (`transport/core.rs`, `GATE_WAIT`). A
+    /// legacy driver has no such handshake: there the read goes outside
+    /// the gate into the bounce buffer and is copied in from inside.
     fn read_now(
         &mut self,
         job: &Job,
@@ -977,38 +1011,66 @@ impl BlockQueue {
             return Ok(None);
         };
         let req = &job.reply.req;
+        // Reset meanwhile (the worker stays inside until it returns).
+        if !gate.may_answer() {
+            return Ok(Some(Outcome::revoked()));
+        }
         // The test hook's stall stands for host I/O that hangs: outside
         // the gate, where a read that waits for the disk would be.
-        if gate
-            .outside(|| crate::test_hooks::blk_io(req.sector))
-            .is_err()
+        if crate::test_hooks::ENABLED
+            && gate
+                .outside(|| crate::test_hooks::blk_io(req.sector))
+                .is_err()
         {
             return Ok(Some(Outcome::revoked()));
         }
-        let mut iov = guest_iovecs(mem, parts).map_err(|e| memory_violation(req.head, e))?;
+        let file = &self.disk.file;
         let mut done = 0;
+        let read = if self.features & feature::VERSION_1 != 0 {
+            let mut iov = guest_iovecs(mem, parts).map_err(|e| memory_violation(req.head, e))?;
+            preadv_cached(file, &mut iov, *offset, &mut done)
+        } else {
+            let total: u64 = parts.iter().map(|&(_, n)| n).sum();
+            let Some(n) = usize::try_from(total).ok().filter(|&n| n <= BOUNCE_LEN) else {
+                return Ok(None);
+            };
+            if self.bounce.len() < n {
+                self.bounce.resize(n, 0);
+            }
+            let mut iov = [libc::iovec {
+                iov_base: self.bounce.as_mut_ptr().cast(),
+                iov_len: n,
+            }];
+            match gate.outside(|| preadv_cached(file, &mut iov, *offset, &mut done)) {
+                Err(Revoked) => return Ok(Some(Outcome::revoked())),
+                Ok(read) => {
+                    // `done` ≤ n: what the kernel put in the bounce buffer.
+                    scatter(mem, parts, 0, &self.bounce[..done as usize])
+                        .map_err(|e| memory_violation(req.head, e))?;
+                    read
+                }
+            }
+        };
         let failed = |e: io::Error, done| {
             Some(Outcome {
                 written: done,
                 ..Outcome::status(host_error(&self.disk, req, "read", &e))
             })
         };
-        Ok(
-            match preadv_cached(&self.disk.file, &mut iov, *offset, &mut done) {
-                Ok(Cached::All) => Some(Outcome {
-                    written: done,
-                    ..Outcome::status(S_OK)
-                }),
-                Ok(Cached::WouldWait) => None,
-                Ok(Cached::Eof) => failed(io::ErrorKind::UnexpectedEof.into(), done),
-                Err(e) if matches!(e.raw_os_error(), Some(libc::EOPNOTSUPP | libc::EINVAL)) => {
-                    // tmpfs, NFS, kernels before 4.14: every read to the threads.
-                    self.nowait_reads = false;
-                    None
-                }
-                Err(e) => failed(e, done),
-            },
-        )
+        Ok(match read {
+            Ok(Cached::All) => Some(Outcome {
+                written: done,
+                ..Outcome::status(S_OK)
+            }),
+            Ok(Cached::WouldWait) => None,
+            Ok(Cached::Eof) => failed(io::ErrorKind::UnexpectedEof.into(), done),
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EOPNOTSUPP | libc::EINVAL)) => {
+                // tmpfs, NFS, kernels before 4.14: every read to the threads.
+                self.nowait_reads = false;
+                None
+            }
+            Err(e) => failed(e, done),
+        })
     }
 
     /// Hands `job` to the I/O threads, starting one if none is free.
@@ -1052,6 +1114,16 @@ impl BlockQueue {
             self.finish(queue, mem, job.reply, outcome)?;
         }
         Ok(())
+    }
+
+    /// Ends the I/O threads once the queue is given up (reset, or a
+    /// malformed request): they finish what they hold and end, touching
+    /// no guest memory since. Joined outside the gate, so that one stuck
+    /// in host I/O does not hold up a reset meanwhile.
+    fn stop_io_threads(&mut self, queue: &CheckedQueue) {
+        let pool = self.pool.take();
+        self.outstanding = 0;
+        let _ = queue.gate().outside(|| drop(pool));
     }
 
     /// The body of `process`: every available chain answered, or why not.
@@ -1140,6 +1212,10 @@ fn execute(
 ) -> Result<Outcome, Violation> {
     let req = &job.reply.req;
     let file = &disk.file;
+    // Write-back errors seen by any sync so far: a stable write whose own
+    // sync finds more of them than there were before it began may have
+    // lost its data to one (see [`sync`]).
+    let failures = disk.sync_failures.load(Ordering::SeqCst);
     match &job.io {
         Io::Read { offset, parts } => {
             let total: u64 = parts.iter().map(|&(_, n)| n).sum();
@@ -1188,18 +1264,16 @@ fn execute(
                 return Ok(failed);
             }
             if *stable {
-                if let Err(failed) = host_io(disk, req, gate, "fdatasync", || file.sync_data()) {
+                if let Err(failed) = sync(disk, req, gate, failures) {
                     return Ok(failed);
                 }
             }
             Ok(Outcome::status(S_OK))
         }
-        Io::Flush => Ok(
-            match host_io(disk, req, gate, "fdatasync", || file.sync_data()) {
-                Err(failed) => failed,
-                Ok(()) => Outcome::status(S_OK),
-            },
-        ),
+        Io::Flush => Ok(match sync(disk, req, gate, failures) {
+            Err(failed) => failed,
+            Ok(()) => Outcome::status(S_OK),
+        }),
         Io::Trim {
             zeroing,
             segments,
@@ -1219,13 +1293,35 @@ fn execute(
                 }
             }
             if *stable {
-                if let Err(failed) = host_io(disk, req, gate, "fdatasync", || file.sync_data()) {
+                if let Err(failed) = sync(disk, req, gate, failures) {
                     return Ok(failed);
                 }
             }
             Ok(Outcome::status(S_OK))
         }
     }
+}
+
+/// `fdatasync` for a request that began when `failures` write-back errors
+/// had been seen. Linux reports a write-back error to one `fdatasync` of
+/// the open file only; with requests on several I/O threads, the sync
+/// that sees it may be another request's, whose pages it wrote back
+/// along with its own. So a failure is counted on the disk, and a sync
+/// that succeeds after another one failed since its request began fails
+/// too: never OK for data that may not have reached the disk.
+fn sync(disk: &Disk, req: &Request, gate: &Gate, failures: u64) -> Result<(), Outcome> {
+    let result = host_io(disk, req, gate, "fdatasync", || disk.file.sync_data());
+    if let Err(failed) = &result {
+        if !failed.revoked {
+            disk.sync_failures.fetch_add(1, Ordering::SeqCst);
+        }
+        return result;
+    }
+    if disk.sync_failures.load(Ordering::SeqCst) != failures {
+        let e = io::Error::other("another request's fdatasync failed meanwhile");
+        return Err(Outcome::status(host_error(disk, req, "fdatasync", &e)));
+    }
+    Ok(())
 }
 
 /// Discard is a hint: where the filesystem cannot punch holes it does
@@ -1329,15 +1425,11 @@ impl QueueHandler for BlockQueue {
             // ours; the worker sees the gate closed and ends. What the I/O
             // threads still hold is dropped with them.
             Err(Halt::Revoked) => {
-                self.pool = None;
-                self.outstanding = 0;
+                self.stop_io_threads(queue);
                 Ok(self.used)
             }
             Err(Halt::Broken(v)) => {
-                // No I/O thread may touch guest memory once the queue is
-                // given up: they finish what they hold and end.
-                self.pool = None;
-                self.outstanding = 0;
+                self.stop_io_threads(queue);
                 Err(v)
             }
         }
@@ -1736,9 +1828,18 @@ mod tests {
     /// the status byte (a read), lands byte for byte where it belongs.
     #[test]
     fn zero_copy_over_partial_descriptors() {
+        // Modern; and legacy, whose cached reads go through the bounce
+        // buffer instead (no reset handshake) and must land the same.
+        let legacy = ALL & !feature::VERSION_1 | 1 << VIRTIO_F_ANY_LAYOUT;
+        for features in [ALL, legacy] {
+            over_partial_descriptors(features);
+        }
+    }
+
+    fn over_partial_descriptors(features: u64) {
         let disk = TempDisk::new(16 * SECTOR);
         let mut b = open(&disk, false, None);
-        let mut h = handler(&mut b, ALL);
+        let mut h = handler(&mut b, features);
         let mem = ram();
         let data: Vec<u8> = (0..4 * SECTOR).map(|i| (i * 13 + 5) as u8).collect();
         // Header + 300 data bytes | 1 byte | 1000 bytes | the rest.
@@ -1758,7 +1859,10 @@ mod tests {
             (at[2], (4 * SECTOR - 1301) as u32, false),
             (STATUS, 1, true),
         ];
-        assert_eq!(run(h.as_mut(), &mem, &bufs).unwrap(), (S_OK, 1));
+        assert_eq!(
+            run_with(h.as_mut(), &mem, features, &bufs).unwrap(),
+            (S_OK, 1)
+        );
         assert_eq!(disk.sectors(3, 4), data);
         let before: Vec<u8> = (2 * SECTOR..3 * SECTOR).map(pattern).collect();
         assert_eq!(disk.sectors(2, 1), before, "the sector before, untouched");
@@ -1773,7 +1877,7 @@ mod tests {
             (DATA + 0x1000, 505, true),
             (tail, 3 * SECTOR as u32 + 1, true),
         ];
-        let r = run(h.as_mut(), &mem, &bufs);
+        let r = run_with(h.as_mut(), &mem, features, &bufs);
         assert_eq!(r.unwrap(), (S_OK, 4 * SECTOR as u32 + 1));
         let mut got = guest(&mem, DATA, 7);
         got.extend(guest(&mem, DATA + 0x1000, 505));
@@ -1825,8 +1929,8 @@ mod tests {
 
     /// The image shrinks behind the device's back to 4½ sectors: a read
     /// across the new end is IOERR with what the file still had in the
-    /// guest's buffer (and counted in the used length), a read wholly past
-    /// it IOERR with nothing; the device goes on.
+    /// guest's buffer (and counted in the used length, the status byte
+    /// not), a read wholly past it IOERR with nothing; the device goes on.
     #[test]
     fn zero_copy_short_reads_at_the_end_of_the_file() {
         let disk = TempDisk::new(8 * SECTOR);
@@ -1851,12 +1955,12 @@ mod tests {
             true,
         );
         let had = end - 3 * SECTOR;
-        assert_eq!(r.unwrap(), (S_IOERR, had as u32 + 1));
+        assert_eq!(r.unwrap(), (S_IOERR, had as u32));
         assert_eq!(guest(&mem, DATA, had), disk.contents()[3 * SECTOR..]);
         assert_eq!(guest(&mem, DATA + had as u64, SECTOR), vec![0; SECTOR]);
 
         let r = simple(h.as_mut(), &mem, VIRTIO_BLK_T_IN, 6, &[SECTOR as u32], true);
-        assert_eq!(r.unwrap(), (S_IOERR, 1));
+        assert_eq!(r.unwrap(), (S_IOERR, 0));
         let r = simple(h.as_mut(), &mem, VIRTIO_BLK_T_IN, 1, &[SECTOR as u32], true);
         assert_eq!(r.unwrap(), (S_OK, SECTOR as u32 + 1));
         assert_eq!(guest(&mem, DATA, SECTOR), disk.sectors(1, 1));
@@ -1971,7 +2075,10 @@ mod tests {
                 let data = [2 * SECTOR as u32];
                 let r = simple_reporting(h.as_mut(), &mem, kind, sector, &data, writable);
                 let needle = "beyond the disk's 16 sectors";
-                expect_reported(r, (S_IOERR, 1), Rule::BlkBeyondCapacity, needle);
+                // A read's used length is 0: no byte before its status
+                // byte was written (see `finish`).
+                let used = u32::from(!writable);
+                expect_reported(r, (S_IOERR, used), Rule::BlkBeyondCapacity, needle);
             }
             assert_eq!(guest(&mem, DATA, 2 * SECTOR), vec![0x55; 2 * SECTOR]);
         }
@@ -2005,7 +2112,7 @@ mod tests {
         // Beyond the end as well: the length is checked first.
         let r = simple_reporting(h.as_mut(), &mem, VIRTIO_BLK_T_IN, 99, &[100], true);
         let needle = "request 0 (T_IN, sector 99): 0 device-readable data bytes after the header, 100 device-writable";
-        expect_reported(r, (S_IOERR, 1), Rule::BlkDataNotSectorMultiple, needle);
+        expect_reported(r, (S_IOERR, 0), Rule::BlkDataNotSectorMultiple, needle);
         assert_eq!(disk.contents(), before);
         // No data at all is a valid, empty transfer.
         let r = simple(h.as_mut(), &mem, VIRTIO_BLK_T_IN, 0, &[], true);
@@ -2021,7 +2128,7 @@ mod tests {
         let mem = ram();
         let r = simple_reporting(h.as_mut(), &mem, VIRTIO_BLK_T_IN, 2, &[SECTOR as u32], true);
         let needle = "beyond the disk's 2 sectors";
-        expect_reported(r, (S_IOERR, 1), Rule::BlkBeyondCapacity, needle);
+        expect_reported(r, (S_IOERR, 0), Rule::BlkBeyondCapacity, needle);
     }
 
     #[test]
@@ -2048,8 +2155,8 @@ mod tests {
         );
         // The short read fails as a whole. It went straight into the
         // guest's buffer, so the used length counts the one sector the
-        // file still had, besides the status byte.
-        assert_eq!(r.unwrap(), (S_IOERR, SECTOR as u32 + 1));
+        // file still had (not the status byte, after the unwritten rest).
+        assert_eq!(r.unwrap(), (S_IOERR, SECTOR as u32));
         let r = simple(h.as_mut(), &mem, VIRTIO_BLK_T_IN, 0, &[SECTOR as u32], true);
         assert_eq!(r.unwrap(), (S_OK, SECTOR as u32 + 1));
     }
@@ -2072,6 +2179,7 @@ mod tests {
             read_only: false,
             id: [0; ID_LEN],
             writeback: AtomicBool::new(true),
+            sync_failures: AtomicU64::new(0),
         };
         let mut h = BlockQueue::new(Arc::new(disk), ALL);
         let mem = ram();
@@ -2185,7 +2293,8 @@ mod tests {
             crate::virtio::rules::Level::Should
         );
         let r = simple_reporting(h.as_mut(), &mem, VIRTIO_BLK_T_FLUSH, 0, &[7], true);
-        expect_reported(r, (S_OK, 1), Rule::BlkFlushWithData, "7 data bytes");
+        // Nothing written into the 7 bytes before the status byte: used 0.
+        expect_reported(r, (S_OK, 0), Rule::BlkFlushWithData, "7 data bytes");
         // Both: the MUST is the one reported.
         let r = simple_reporting(h.as_mut(), &mem, VIRTIO_BLK_T_FLUSH, 1, &[512], false);
         expect_reported(r, (S_OK, 1), Rule::BlkFlushSectorNotZero, "sector 1");
@@ -2223,8 +2332,9 @@ mod tests {
         let mut h = handler(&mut b, ALL);
         let mem = ram();
         mem.write_slice(&[0xff; 32], GuestAddress(DATA)).unwrap();
-        // Longer: the 20 bytes; shorter: what fits; none: nothing.
-        for (len, used) in [(32, 21), (4, 5), (0, 1)] {
+        // Longer: the 20 bytes (the status byte is not next to them);
+        // shorter: what fits; none: nothing.
+        for (len, used) in [(32, 20), (4, 5), (0, 1)] {
             let data: &[u32] = if len == 0 { &[] } else { &[len] };
             let r = simple_reporting(h.as_mut(), &mem, VIRTIO_BLK_T_GET_ID, 0, data, true);
             let needle = format!(
@@ -2405,7 +2515,7 @@ mod tests {
         for kind in [VIRTIO_BLK_T_SCSI_CMD, 3, 99, u32::MAX] {
             // Data in either direction is fine: the type is not understood.
             let r = simple(h.as_mut(), &mem, kind, 0, &[SECTOR as u32], true);
-            assert_eq!(r.unwrap(), (S_UNSUPP, 1), "type {kind}");
+            assert_eq!(r.unwrap(), (S_UNSUPP, 0), "type {kind}");
             let r = simple(h.as_mut(), &mem, kind, 0, &[SECTOR as u32], false);
             assert_eq!(r.unwrap(), (S_UNSUPP, 1), "type {kind}");
         }

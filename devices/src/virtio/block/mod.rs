@@ -21,7 +21,7 @@ use std::io::{self, Seek, SeekFrom};
 use std::os::fd::AsRawFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use thiserror::Error;
@@ -212,6 +212,7 @@ impl Block {
                 read_only: cfg.read_only,
                 id,
                 writeback: AtomicBool::new(true),
+                sync_failures: AtomicU64::new(0),
             }),
         })
     }
@@ -311,11 +312,18 @@ fn open_file(path: &Path, read_only: bool) -> Result<File, BlockError> {
     }
     // Regular files and block devices ignore O_NONBLOCK; cleared anyway
     // so that every read and write blocks as the handler expects.
+    // O_NOATIME where the file system lets us (we own the image, or
+    // CAP_FOWNER): a read that updates the access time starts a journal
+    // transaction, which may wait, and cached reads are meant not to.
     // SAFETY: F_SETFL on a descriptor we own, with flags we just read.
     unsafe {
-        let fl = libc::fcntl(file.as_raw_fd(), libc::F_GETFL);
+        let fd = file.as_raw_fd();
+        let fl = libc::fcntl(fd, libc::F_GETFL);
         if fl >= 0 {
-            libc::fcntl(file.as_raw_fd(), libc::F_SETFL, fl & !libc::O_NONBLOCK);
+            let fl = fl & !libc::O_NONBLOCK;
+            if libc::fcntl(fd, libc::F_SETFL, fl | libc::O_NOATIME) != 0 {
+                libc::fcntl(fd, libc::F_SETFL, fl);
+            }
         }
     }
     Ok(file)

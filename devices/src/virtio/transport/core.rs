@@ -200,9 +200,16 @@ pub enum QueueField {
 const RINGS: [&str; 3] = ["descriptor table", "driver area", "device area"];
 
 /// How long a reset waits for the workers inside guest memory to leave
-/// it. Work inside is memory copies and ring updates, never blocking host
-/// I/O, so this is only reached by a handler that breaks that rule.
-const GATE_WAIT: Duration = Duration::from_secs(1);
+/// it. Work inside is memory copies, ring updates and reads the page
+/// cache holds (`RWF_NOWAIT`), which the kernel may still make wait for
+/// the disk now and then (readahead it starts on the way, an atime
+/// update). A modern driver then waits on: device_status reads non-zero
+/// until the worker left (§4.1.4.3.2), so the vCPU need not. A legacy
+/// driver has no such handshake; there only a handler that breaks the
+/// rule blocks inside (virtio-blk reads through a bounce buffer there),
+/// and the reset goes on after [`GATE_WAIT_LEGACY`].
+const GATE_WAIT: Duration = Duration::from_millis(100);
+const GATE_WAIT_LEGACY: Duration = Duration::from_secs(1);
 
 /// How long a reset (or a stop) gives the workers to end before going on
 /// without those still busy in host I/O. The vCPU that resets waits this
@@ -277,6 +284,11 @@ pub struct Core {
     /// Workers that earlier resets went on without, still stuck in host
     /// I/O; kept to count them ([`MAX_STUCK`]) and dropped once they end.
     stuck: Vec<Worker>,
+    /// Activations a modern reset closed while a worker was still inside
+    /// them (a zero-copy block read the kernel made wait): the reset
+    /// completes for the driver, device_status reading 0, only once they
+    /// are empty (§4.1.4.3.2's handshake).
+    draining: Vec<Arc<Generation>>,
 }
 
 impl Core {
@@ -343,6 +355,7 @@ impl Core {
             idle: Vec::new(),
             generation: None,
             stuck: Vec::new(),
+            draining: Vec::new(),
         }
     }
 
@@ -420,8 +433,13 @@ impl Core {
 
     // ---- device status (§2.1, §3.1.1) ----
 
-    /// The status the driver reads, with DEVICE_NEEDS_RESET if flagged.
+    /// The status the driver reads, with DEVICE_NEEDS_RESET if flagged,
+    /// and not 0 while a reset still waits for a worker to leave guest
+    /// memory ([`Core::draining`]).
     pub fn status(&self) -> u8 {
+        if self.draining.iter().any(|g| !g.drained()) {
+            return status::DEVICE_NEEDS_RESET;
+        }
         if self.reporter.needs_reset.load(Ordering::SeqCst) {
             self.status | status::DEVICE_NEEDS_RESET
         } else {
@@ -435,6 +453,7 @@ impl Core {
         let s = self.status();
         if s == 0 {
             self.reset_unconfirmed = false;
+            self.draining.clear();
         }
         self.features_ok_unread = false;
         s
@@ -1342,9 +1361,20 @@ impl Core {
             self.doorbell.disconnect(self.hooks.as_ref(), &self.label);
         }
         if let Some(g) = self.generation.take() {
-            if !g.close(GATE_WAIT) {
+            if self.version == Version::Modern {
+                if !g.close(GATE_WAIT) {
+                    crate::guestlog::warn(
+                        &format!("{} reset draining", self.label),
+                        format_args!(
+                            "{}: a queue worker is still in guest memory {GATE_WAIT:?} into the reset (host I/O the kernel made wait); device_status reads non-zero until it leaves",
+                            self.label
+                        ),
+                    );
+                    self.draining.push(g);
+                }
+            } else if !g.close(GATE_WAIT_LEGACY) {
                 log::error!(
-                    "{}: a queue worker is still at work in guest memory {GATE_WAIT:?} into the reset (a handler blocked without leaving its gate); going on without it",
+                    "{}: a queue worker is still at work in guest memory {GATE_WAIT_LEGACY:?} into the reset (a handler blocked without leaving its gate); going on without it",
                     self.label
                 );
             }

@@ -180,9 +180,11 @@ pub struct Fake {
 }
 
 /// Host I/O that hangs until released, for a [`Fake`]'s handlers: the
-/// first `calls` calls of `process` block outside the queue's gate.
+/// first `calls` calls of `process` block outside the queue's gate (or,
+/// [`Stall::inside`], inside it, as a cached read the kernel makes wait).
 pub struct Stall {
     calls: AtomicUsize,
+    inside: bool,
     released: Mutex<bool>,
     cv: Condvar,
     /// Calls that blocked, and those that found the device reset when the
@@ -194,8 +196,18 @@ pub struct Stall {
 
 impl Stall {
     pub fn new(calls: usize) -> Arc<Stall> {
+        Self::with(calls, false)
+    }
+
+    /// Blocks inside the gate.
+    pub fn inside(calls: usize) -> Arc<Stall> {
+        Self::with(calls, true)
+    }
+
+    fn with(calls: usize, inside: bool) -> Arc<Stall> {
         Arc::new(Stall {
             calls: AtomicUsize::new(calls),
+            inside,
             released: Mutex::new(false),
             cv: Condvar::new(),
             stuck: AtomicUsize::new(0),
@@ -226,7 +238,12 @@ impl Stall {
             return false;
         }
         self.stuck.fetch_add(1, Ordering::SeqCst);
-        if queue.gate().outside(|| self.block()).is_ok() {
+        if self.inside {
+            self.block();
+            if queue.gate().may_answer() {
+                return false;
+            }
+        } else if queue.gate().outside(|| self.block()).is_ok() {
             return false;
         }
         self.revoked.fetch_add(1, Ordering::SeqCst);

@@ -680,6 +680,60 @@ fn a_reset_goes_on_without_a_worker_stuck_in_host_io() {
     }
 }
 
+/// A worker blocked *inside* its gate (a cached block read the kernel
+/// made wait): a modern reset leaves the vCPU after [`GATE_WAIT`] but
+/// completes for the driver only when the worker has left, device_status
+/// reading non-zero until then; what the worker finishes reaches nobody.
+/// A legacy reset, without that handshake, goes on after
+/// [`GATE_WAIT_LEGACY`].
+#[test]
+fn a_modern_reset_completes_when_a_worker_inside_leaves() {
+    for v in BOTH {
+        let stall = Stall::inside(1);
+        let slot = if v == Version::Modern { 0x1a } else { 0x1b };
+        let mut r = rig_stalling(v, 1, false, slot, Some(stall.clone()));
+        r.start_and_kick();
+        wait_for("the worker blocks", || {
+            stall.stuck.load(Ordering::SeqCst) == 1
+        });
+        let t = std::time::Instant::now();
+        r.status(0);
+        let took = t.elapsed();
+        let wait = match v {
+            Version::Modern => GATE_WAIT,
+            Version::Legacy => GATE_WAIT_LEGACY,
+        };
+        assert!(
+            took >= wait && took < wait + STOP_WAIT + Duration::from_millis(500),
+            "{v:?}: the reset took {took:?}"
+        );
+        if v == Version::Modern {
+            assert_ne!(r.core.read_status(), 0, "the reset is still under way");
+            assert_ne!(r.core.read_status(), 0, "still");
+            stall.release();
+            wait_for("the reset completes", || r.core.read_status() == 0);
+        } else {
+            assert_eq!(r.core.read_status(), 0, "no handshake to wait in");
+            stall.release();
+        }
+        wait_for("the stale call returns", || {
+            stall.revoked.load(Ordering::SeqCst) == 1
+        });
+        wait_for("the stuck worker ends", || {
+            r.core.stuck.iter().all(|w| w.has_ended())
+        });
+        assert!(r.take().is_empty(), "{v:?}: a stale worker reported");
+        assert_eq!(r.hooks.pulses(), 0, "{v:?}: a stale worker interrupted");
+
+        // The next activation runs as usual.
+        r.start_and_kick();
+        wait_for("the new worker runs", || {
+            r.counts[0].load(Ordering::SeqCst) == 2
+        });
+        assert_eq!(r.running_queues(), [0]);
+    }
+}
+
 /// A guest that resets a device on a hung disk again and again gets
 /// DEVICE_NEEDS_RESET, not a new thread each time, once [`MAX_STUCK`]
 /// workers are stuck; they are forgotten once their I/O returns.
