@@ -2204,6 +2204,32 @@ mod tests {
         assert_eq!(counted, Some((cause, 1)), "printed once, then counted");
     }
 
+    /// Linux reports a write-back error to one `fdatasync` of the file
+    /// only: a sync that succeeds after another request's sync failed
+    /// since this request began fails too; one with no failure since, or
+    /// only failures before it began, succeeds.
+    #[test]
+    fn a_sync_after_another_requests_failed_sync_is_ioerr() {
+        let disk = TempDisk::new(8 * SECTOR);
+        let b = open(&disk, false, None);
+        let req = Request {
+            head: 0,
+            kind: VIRTIO_BLK_T_FLUSH,
+            sector: 0,
+            out_len: 0,
+            in_len: 0,
+        };
+        let gate = Gate::always_open();
+        let d = &b.disk;
+        assert!(sync(d, &req, &gate, 0).is_ok());
+        // Another request's sync failed meanwhile.
+        d.sync_failures.fetch_add(1, Ordering::SeqCst);
+        let failed = sync(d, &req, &gate, 0).err().map(|o| o.status);
+        assert_eq!(failed, Some(S_IOERR));
+        // A request begun after that failure is not blamed for it.
+        assert!(sync(d, &req, &gate, 1).is_ok());
+    }
+
     /// A device reset while a request's host I/O runs (the gate closes
     /// while the handler is outside it): the request is dropped when the
     /// I/O returns. Its data never reaches guest memory, its status byte
