@@ -637,6 +637,19 @@ impl Rig {
     }
 }
 
+/// A rig in `slot` whose queue 0 runs and blocks on `stall`; then the
+/// driver resets it: how long the reset took the vCPU.
+fn reset_with_a_blocked_worker(v: Version, slot: u8, stall: &Arc<Stall>) -> (Rig, Duration) {
+    let mut r = rig_stalling(v, 1, false, slot, Some(stall.clone()));
+    r.start_and_kick();
+    wait_for("the worker blocks", || {
+        stall.stuck.load(Ordering::SeqCst) == 1
+    });
+    let t = std::time::Instant::now();
+    r.status(0);
+    (r, t.elapsed())
+}
+
 /// A worker stuck in host I/O holds up neither the reset nor the next
 /// activation, and what it does when the I/O returns reaches nobody: no
 /// interrupt, no report.
@@ -645,14 +658,7 @@ fn a_reset_goes_on_without_a_worker_stuck_in_host_io() {
     for v in BOTH {
         let stall = Stall::new(1);
         let slot = if v == Version::Modern { 0x1e } else { 0x1f };
-        let mut r = rig_stalling(v, 1, false, slot, Some(stall.clone()));
-        r.start_and_kick();
-        wait_for("the worker blocks", || {
-            stall.stuck.load(Ordering::SeqCst) == 1
-        });
-        let t = std::time::Instant::now();
-        r.status(0);
-        let took = t.elapsed();
+        let (mut r, took) = reset_with_a_blocked_worker(v, slot, &stall);
         assert!(
             took < STOP_WAIT + Duration::from_millis(500),
             "{v:?}: the reset took {took:?}"
@@ -691,14 +697,7 @@ fn a_modern_reset_completes_when_a_worker_inside_leaves() {
     for v in BOTH {
         let stall = Stall::inside(1);
         let slot = if v == Version::Modern { 0x1a } else { 0x1b };
-        let mut r = rig_stalling(v, 1, false, slot, Some(stall.clone()));
-        r.start_and_kick();
-        wait_for("the worker blocks", || {
-            stall.stuck.load(Ordering::SeqCst) == 1
-        });
-        let t = std::time::Instant::now();
-        r.status(0);
-        let took = t.elapsed();
+        let (mut r, took) = reset_with_a_blocked_worker(v, slot, &stall);
         let wait = match v {
             Version::Modern => GATE_WAIT,
             Version::Legacy => GATE_WAIT_LEGACY,
