@@ -373,7 +373,8 @@ mod tests {
         let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x10000)]).unwrap();
         let (vq, mut rxq) = mock_queue(&mem, 0, QSIZE, 0);
         let input = InputQueue::new().unwrap();
-        let output = Output::spawn(Box::new(std::io::sink()), crate::output::CAPACITY).unwrap();
+        // Writes wait for the test, so "not written yet" below is so.
+        let (output, go, _out) = gated(crate::output::CAPACITY);
         let mut console = Console::new(input.clone(), output.clone());
         let mut handlers = console.activate(0).into_iter();
         let mut receive = handlers.next().unwrap();
@@ -410,6 +411,7 @@ mod tests {
         );
         assert!(input.in_use(), "claimed when taken, before it is written");
         assert!(readable(input.room()));
+        go.send(()).unwrap();
         wait_written(&output, 4);
         assert!(transmit.process(&mut txq, &mem).unwrap());
     }
