@@ -42,12 +42,14 @@ use std::time::{Duration, Instant};
 pub struct Generation {
     /// "virtio-blk 00:02.0", for messages.
     label: String,
+    /// Changed under `state`'s lock (so `enter` and `close` see one
+    /// order), read without it: workers ask before every answer.
+    open: AtomicBool,
     state: Mutex<State>,
     left: Condvar,
 }
 
 struct State {
-    open: bool,
     /// Workers inside a gate now.
     inside: usize,
 }
@@ -56,10 +58,8 @@ impl Generation {
     pub fn new(label: impl Into<String>) -> Arc<Generation> {
         Arc::new(Generation {
             label: label.into(),
-            state: Mutex::new(State {
-                open: true,
-                inside: 0,
-            }),
+            open: AtomicBool::new(true),
+            state: Mutex::new(State { inside: 0 }),
             left: Condvar::new(),
         })
     }
@@ -69,7 +69,7 @@ impl Generation {
     }
 
     pub fn is_open(&self) -> bool {
-        self.state().open
+        self.open.load(Ordering::SeqCst)
     }
 
     /// Whether no worker is inside any more (a close that timed out may
@@ -81,11 +81,13 @@ impl Generation {
     /// Lets nobody in any more and waits, at most `wait`, for the workers
     /// inside to leave. Whether none is inside: only then is guest memory
     /// safe from this generation (a worker still inside after `wait` is in
-    /// a handler that blocked without stepping out, a handler bug).
+    /// a call the kernel made wait, such as a cached block read, or in a
+    /// handler that blocked without stepping out, a handler bug; see
+    /// [`Generation::drained`]).
     pub fn close(&self, wait: Duration) -> bool {
         let deadline = Instant::now() + wait;
         let mut s = self.state();
-        s.open = false;
+        self.open.store(false, Ordering::SeqCst);
         while s.inside > 0 {
             let now = Instant::now();
             if now >= deadline {
@@ -154,7 +156,7 @@ impl Gate {
             return true;
         }
         let mut s = self.generation.state();
-        if !s.open {
+        if !self.generation.is_open() {
             return false;
         }
         s.inside += 1;

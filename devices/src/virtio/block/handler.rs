@@ -501,6 +501,14 @@ fn advance(iov: &mut [libc::iovec], first: &mut usize, mut n: usize) {
     }
 }
 
+/// The first `n` bytes of a bounce buffer, grown to hold them.
+fn room(bounce: &mut Vec<u8>, n: usize) -> &mut [u8] {
+    if bounce.len() < n {
+        bounce.resize(n, 0);
+    }
+    &mut bounce[..n]
+}
+
 /// Whether `sector .. sector + sectors` lies within the disk.
 fn in_range(sector: u64, sectors: u64, capacity: u64) -> bool {
     sector
@@ -1034,12 +1042,10 @@ impl BlockQueue {
             let Some(n) = usize::try_from(total).ok().filter(|&n| n <= BOUNCE_LEN) else {
                 return Ok(None);
             };
-            if self.bounce.len() < n {
-                self.bounce.resize(n, 0);
-            }
+            let buf = room(&mut self.bounce, n);
             let mut iov = [libc::iovec {
-                iov_base: self.bounce.as_mut_ptr().cast(),
-                iov_len: n,
+                iov_base: buf.as_mut_ptr().cast(),
+                iov_len: buf.len(),
             }];
             match gate.outside(|| preadv_cached(file, &mut iov, *offset, &mut done)) {
                 Err(Revoked) => return Ok(Some(Outcome::revoked())),
@@ -1222,10 +1228,7 @@ fn execute(
             let mut done = 0;
             while done < total {
                 let n = (total - done).min(BOUNCE_LEN as u64) as usize;
-                if bounce.len() < n {
-                    bounce.resize(n, 0);
-                }
-                let buf = &mut bounce[..n];
+                let buf = room(bounce, n);
                 // Into the bounce buffer, never straight into guest memory:
                 // the device may be reset before the read returns.
                 let io = gate.outside(|| {
@@ -1358,11 +1361,7 @@ fn zero(disk: &Disk, offset: u64, len: u64, unmap: bool, bounce: &mut Vec<u8>) -
             Err(e) => return Err(e.into()),
         }
     }
-    let chunk = len.min(BOUNCE_LEN as u64) as usize;
-    if bounce.len() < chunk {
-        bounce.resize(chunk, 0);
-    }
-    bounce[..chunk].fill(0);
+    room(bounce, len.min(BOUNCE_LEN as u64) as usize).fill(0);
     let mut done = 0;
     while done < len {
         let n = (len - done).min(BOUNCE_LEN as u64) as usize;
